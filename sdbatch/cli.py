@@ -1,0 +1,206 @@
+"""``sdbatch``: run, validate, plan, schema, inspect, reproduce.
+
+Exit codes: 0 all done, 1 some jobs failed (the rest finished), 2 invalid recipe or usage, 130 interrupted.
+``validate``, ``plan`` and ``schema`` never import torch or diffusers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class UsageError(Exception):
+    """A problem with the command line or the recipe: printed as is, exit 2."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sdbatch", description="Declarative batch renderer for Stable Diffusion.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def recipe_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("recipe", help="the recipe YAML file")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a recipe value, e.g. defaults.steps=10 or stages.sketch.prompt='a cat'")
+
+    run = sub.add_parser("run", help="render a recipe (resumes: renders only what is missing)")
+    recipe_args(run)
+    run.add_argument("--out", type=Path, help="output folder (default: outputs/<name>)")
+    run.add_argument("--rehearse", action="store_true",
+                     help="tiny built-in models, CPU float32, <=64 px, few steps: prove the recipe in seconds")
+    run.add_argument("--force", action="store_true", help="re-render every job")
+    run.add_argument("--only", action="append", default=[], metavar="STAGE",
+                     help="render only this stage (and whatever upstream outputs it still lacks); repeatable")
+    run.add_argument("--executor", choices=["local", "ray"], help="override the recipe's executor")
+    run.add_argument("--workers", type=int, help="ray: number of workers (default: one per GPU, else CPUs)")
+
+    validate = sub.add_parser("validate", help="check a recipe and count its jobs (no rendering)")
+    recipe_args(validate)
+
+    plan = sub.add_parser("plan", help="list the jobs with done/pending status")
+    recipe_args(plan)
+    plan.add_argument("--out", type=Path, help="output folder (default: outputs/<name>)")
+    plan.add_argument("--rehearse", action="store_true", help="plan the rehearsal instead")
+    plan.add_argument("--json", action="store_true", help="print JSON")
+
+    sub.add_parser("schema", help="print the recipe JSON Schema (draft 2020-12)")
+
+    inspect = sub.add_parser("inspect", help="show how an output was made")
+    inspect.add_argument("file", type=Path)
+    inspect.add_argument("--json", action="store_true", help="print the whole record as JSON")
+
+    reproduce = sub.add_parser("reproduce", help="re-render one output from its own metadata and compare")
+    reproduce.add_argument("file", type=Path)
+    reproduce.add_argument("--out", type=Path, help="where to write the re-rendered file (default: a temp folder)")
+    return parser
+
+
+def _load(args: argparse.Namespace, check_files: bool = True) -> Any:
+    from .recipe import RecipeError, load_recipe
+
+    try:
+        return load_recipe(args.recipe, args.overrides, check_files=check_files)
+    except RecipeError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _out_dir(args: argparse.Namespace, loaded: Any) -> Path:
+    return args.out if args.out else Path("outputs") / loaded.recipe.name
+
+
+def _plan(loaded: Any, out_dir: Path, rehearse: bool) -> Any:
+    from .plan import build_plan
+    from .recipe import RecipeError
+
+    try:
+        return build_plan(loaded, out_dir, rehearse=rehearse)
+    except RecipeError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    loaded = _load(args)
+    plan = _plan(loaded, Path("outputs") / loaded.recipe.name, rehearse=False)
+    counts = plan.counts()
+    detail = ", ".join(f"{name}: {n}" for name, n in counts.items())
+    print(f"{args.recipe}: OK: {len(counts)} stage(s), {len(plan.jobs)} job(s) ({detail})")
+    return EXIT_OK
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from .manifest import MANIFEST_NAME, Manifest
+    from .runner import done_jobs
+
+    loaded = _load(args)
+    out_dir = _out_dir(args, loaded)
+    plan = _plan(loaded, out_dir, rehearse=args.rehearse)
+    done = done_jobs(plan, Manifest(out_dir / MANIFEST_NAME))
+    if args.json:
+        jobs = [job.to_json("done" if job.job_id in done else "pending") for job in plan.jobs]
+        json.dump({"recipe": str(args.recipe), "out": str(out_dir), "jobs": jobs}, sys.stdout, ensure_ascii=False)
+        sys.stdout.write("\n")
+        return EXIT_OK
+    for job in plan.jobs:
+        status = "done" if job.job_id in done else "pending"
+        print(f"{status:8} {job.job_id[:8]}  {job.output}  seed={job.seed}  {json.dumps(job.params)}")
+    pending = sum(job.job_id not in done for job in plan.jobs)
+    print(f"{len(plan.jobs)} job(s): {len(plan.jobs) - pending} done, {pending} pending -> {out_dir}")
+    return EXIT_OK
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from .recipe import recipe_json_schema
+
+    print(json.dumps(recipe_json_schema(), indent=2))
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    loaded = _load(args)
+    stage_names = [s.name for s in loaded.recipe.stages]
+    unknown = [name for name in args.only if name not in stage_names]
+    if unknown:
+        raise UsageError(f"--only {unknown[0]}: no such stage (stages: {', '.join(stage_names)})")
+    out_dir = _out_dir(args, loaded)
+    plan = _plan(loaded, out_dir, rehearse=args.rehearse)
+    executor = args.executor or loaded.recipe.executor
+    if executor == "ray":
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise UsageError('the ray executor needs Ray: pip install -e ".[ray]"') from None
+    plan = _fetch_models(loaded, plan, out_dir, args.rehearse)
+
+    from .progress import Reporter
+    from .runner import run_plan
+
+    reporter = Reporter()
+    options = {"workers": args.workers} if args.workers else {}
+    outcome = run_plan(loaded, plan, force=args.force, only=args.only, executor=executor,
+                       executor_options=options, reporter=reporter)
+    reporter.summary(outcome.stats, outcome.failures, out_dir)
+    if outcome.interrupted:
+        reporter.say("Interrupted: finished outputs are kept; run the same command again to resume")
+    return outcome.exit_code
+
+
+def _fetch_models(loaded: Any, plan: Any, out_dir: Path, rehearse: bool) -> Any:
+    """Download hub models not yet cached (so job ids use their commit), then plan again."""
+    missing = {job.model.id: job.model for job in plan.jobs if job.model.source == "hub" and not job.model.path}
+    if not missing:
+        return plan
+    from .models import ModelUnavailable, fetch_hub_model
+
+    for model in missing.values():
+        try:
+            fetch_hub_model(model)
+        except ModelUnavailable as exc:
+            raise UsageError(f"error: {exc}") from None
+    return _plan(loaded, out_dir, rehearse)
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from .provenance import inspect_output
+
+    return inspect_output(args.file, as_json=args.json)
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from .provenance import reproduce_output
+
+    return reproduce_output(args.file, out=args.out)
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "validate": cmd_validate,
+    "plan": cmd_plan,
+    "schema": cmd_schema,
+    "inspect": cmd_inspect,
+    "reproduce": cmd_reproduce,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except UsageError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("Interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

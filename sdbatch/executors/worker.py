@@ -1,0 +1,182 @@
+"""The stage runner shared by every executor.
+
+:class:`JobWorker` follows Ray Data's callable-class pattern: it loads models once (lazily, in its
+:class:`~sdbatch.models.ModelBank`) and renders a batch of jobs per ``__call__``, writing each output file
+atomically and returning (or emitting) the manifest records. The driver alone appends to the manifest.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from ..artifacts import move_into_place, save_png
+from ..hashing import sha256_file
+from ..plan import Job
+
+Emit = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class RunInfo:
+    """Run-wide facts every record carries; picklable, so Ray workers get a copy."""
+
+    out_dir: str
+    base_dir: str
+    recipe: dict[str, Any]
+    versions: dict[str, str]
+
+
+@dataclass
+class JobResult:
+    job_id: str
+    records: list[dict[str, Any]] = field(default_factory=list)
+    error: str | None = None
+    seconds: float = 0.0
+
+
+def software_versions() -> dict[str, str]:
+    from .. import __version__
+
+    versions = {"sdbatch": __version__, "python": platform.python_version()}
+    for name in ("torch", "diffusers", "transformers"):
+        try:
+            versions[name] = __import__(name).__version__
+        except Exception:  # noqa: BLE001
+            versions[name] = "unavailable"
+    return versions
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for the manifest and the summary."""
+    name = type(exc).__name__
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else ""
+    if "OutOfMemoryError" in name or "out of memory" in first.lower():
+        return f"CUDA out of memory: {first[:200]}"
+    return f"{name}: {first[:300]}" if first else name
+
+
+def _free_device_memory() -> None:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:  # noqa: BLE001
+        pass
+
+
+class JobWorker:
+    """Renders batches of jobs. ``worker(batch, emit)`` returns one :class:`JobResult` per job.
+
+    Example::
+
+        worker = JobWorker(run_info)            # cheap; models load on first use, then stay loaded
+        for result in worker([job1, job2], emit=manifest.append):
+            print(result.job_id, result.error)
+    """
+
+    def __init__(self, run: RunInfo):
+        from ..models import ModelBank
+        from ..stages.base import StageContext
+
+        self.run = run
+        self.models = ModelBank()
+        self.ctx = StageContext(self.models, Path(run.out_dir), Path(run.base_dir))
+
+    def __call__(self, batch: list[Job], emit: Emit | None = None) -> list[JobResult]:
+        results: dict[str, JobResult] = {}
+        try:
+            self._render(batch, emit, results)
+        except Exception as exc:  # noqa: BLE001 - a failing job must not stop the batch
+            _free_device_memory()
+            if len(batch) > 1:
+                # isolate the failure: render the unfinished jobs one at a time
+                for job in batch:
+                    if job.job_id not in results:
+                        results.update({r.job_id: r for r in self([job], emit)})
+            else:
+                job = batch[0]
+                results[job.job_id] = JobResult(job.job_id, results.get(job.job_id, JobResult(job.job_id)).records,
+                                                describe_error(exc))
+                if _debug():
+                    traceback.print_exc()
+        return [results[job.job_id] for job in batch if job.job_id in results]
+
+    def _render(self, batch: list[Job], emit: Emit | None, results: dict[str, JobResult]) -> None:
+        from ..stages import stage_entry
+
+        render = stage_entry(batch[0].type)
+        start = time.perf_counter()
+        pending: dict[str, list[dict[str, Any]]] = {job.job_id: [] for job in batch}
+        last = start
+        for item in render(batch, self.ctx):
+            now = time.perf_counter()
+            seconds = (now - last) if len(batch) == 1 else (now - start) / len(batch)
+            record = self._record(item, seconds)
+            target = Path(self.run.out_dir) / item.path
+            if item.image is not None:
+                record["sha256"] = save_png(target, item.image, record)
+            else:
+                record["sha256"] = sha256_file(item.file)
+                move_into_place(item.file, target)
+            last = time.perf_counter()
+            pending[item.job.job_id].append(record)
+            if emit is not None:
+                emit(record)
+            if item.path == item.job.output:
+                results[item.job.job_id] = JobResult(item.job.job_id, pending[item.job.job_id],
+                                                     seconds=last - start)
+        for job in batch:
+            if job.job_id not in results:
+                raise RuntimeError(f"stage {job.type!r} produced no final output for {job.output}")
+
+    def _record(self, item: Any, seconds: float) -> dict[str, Any]:
+        from ..models import resolve_device
+
+        job: Job = item.job
+        inputs = []
+        refs = list(job.inputs) + ([job.mask] if job.mask else [])
+        for i, ref in enumerate(refs):
+            entry = {"path": ref.path, "sha256": item.input_hashes[i] if i < len(item.input_hashes) else ref.sha256}
+            if ref is job.mask:
+                entry["role"] = "mask"
+            inputs.append(entry)
+        device = resolve_device(job.device)
+        dtype = job.dtype
+        if dtype == "auto":
+            dtype = "float16" if device.startswith(("cuda", "mps")) else "float32"
+        record: dict[str, Any] = {
+            "kind": "output",
+            "job_id": job.job_id,
+            "stage": job.stage,
+            "type": job.type,
+            "path": item.path,
+            "prompt": job.prompt,
+            "negative_prompt": job.negative_prompt,
+            "seed": job.seed,
+            "params": dict(job.params),
+            "model": {"id": job.model.id, "revision": job.model.revision, "source": job.model.source},
+            "inputs": inputs,
+            "recipe": self.run.recipe,
+            "versions": self.run.versions,
+            "device": device,
+            "dtype": dtype,
+            "options": dict(job.options),
+            "seconds": round(seconds, 4),
+            "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        record.update(item.extra)
+        return record
+
+
+def _debug() -> bool:
+    import os
+
+    return os.environ.get("SDBATCH_DEBUG") == "1"

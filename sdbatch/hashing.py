@@ -1,0 +1,92 @@
+"""Content hashes of files and folders, remembered by (size, mtime) so big weights are read once."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+CHUNK = 1 << 20
+
+
+def cache_dir() -> Path:
+    """sdbatch's cache folder: ``$SDBATCH_CACHE`` or ``~/.cache/sdbatch``."""
+    return Path(os.environ.get("SDBATCH_CACHE") or Path.home() / ".cache" / "sdbatch")
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class HashCache:
+    """sha256 of files keyed by real path, size and mtime; persisted as JSON in the cache folder.
+
+    Example::
+
+        cache = HashCache.open()
+        digest = cache.file("weights.safetensors")   # read once, then remembered
+        cache.save()
+    """
+
+    def __init__(self, path: Path | None, entries: dict[str, list]):
+        self.path = path
+        self.entries = entries
+        self.dirty = False
+
+    @classmethod
+    def open(cls, path: Path | None = None) -> "HashCache":
+        path = path or cache_dir() / "hashes.json"
+        try:
+            entries = json.loads(path.read_text())
+            if not isinstance(entries, dict):
+                entries = {}
+        except (OSError, ValueError):
+            entries = {}
+        return cls(path, entries)
+
+    def file(self, path: str | os.PathLike) -> str:
+        real = os.path.realpath(path)
+        st = os.stat(real)
+        key = [st.st_size, st.st_mtime_ns]
+        hit = self.entries.get(real)
+        if hit and hit[:2] == key:
+            return hit[2]
+        digest = sha256_file(real)
+        self.entries[real] = key + [digest]
+        self.dirty = True
+        return digest
+
+    def folder(self, path: str | os.PathLike) -> str:
+        """A hash of every file's relative path and content (hidden files and folders skipped)."""
+        root = Path(path)
+        digest = hashlib.sha256()
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for name in sorted(filenames):
+                if name.startswith("."):
+                    continue
+                full = Path(dirpath) / name
+                rel = full.relative_to(root).as_posix()
+                digest.update(f"{rel}\0{self.file(full)}\n".encode())
+        return digest.hexdigest()
+
+    def save(self) -> None:
+        if not self.dirty or self.path is None:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+            tmp.write_text(json.dumps(self.entries))
+            os.replace(tmp, self.path)
+            self.dirty = False
+        except OSError:
+            pass  # a cache is an optimisation: never fail a run for it

@@ -1,0 +1,399 @@
+"""Expand a recipe into Jobs: stages x sweeps x seeds x inputs, each with a content-addressed id.
+
+A job's id hashes its model identity (hub commit, file or folder hash), stage, type, every resolved
+parameter and its inputs' identities (a file's sha256, or the id of the upstream job that makes it).
+So re-running a finished recipe finds every job done, editing one prompt changes only the ids of its
+jobs and their dependents, and reordering a list changes nothing. Never imports torch or diffusers.
+
+Example::
+
+    loaded = load_recipe("recipe.yaml")
+    plan = build_plan(loaded, out_dir=Path("outputs/wolves"))
+    for job in plan.jobs:
+        print(job.job_id[:8], job.stage, job.output)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from .hashing import HashCache
+from .recipe import (
+    IMAGE_SUFFIXES,
+    SWEEP_KEYS,
+    LoadedRecipe,
+    Problem,
+    RecipeError,
+    SeedRange,
+    StageBase,
+    local_model_path,
+    resolve_input_files,
+)
+
+PLAN_VERSION = 1
+DEFAULT_SIZE = 512
+DEFAULTS: dict[str, Any] = {
+    "negative_prompt": [""],
+    "steps": [25],
+    "guidance": [7.5],
+    "scheduler": ["default"],
+}
+REHEARSE_MAX_SIDE = 64
+REHEARSE_MAX_STEPS = 4
+
+
+# ------------------------------------------------------------------------------------------ models
+@dataclass(frozen=True)
+class ModelRef:
+    """A model's identity. ``revision`` is a hub commit, a file/folder sha256 or a built-in's version."""
+
+    id: str
+    revision: str
+    source: str  # hub | folder | file | builtin
+    path: str | None = None  # where to load it from, when known locally
+
+    def identity(self) -> str:
+        return f"{self.source}:{self.id}@{self.revision}"
+
+
+def hf_cache_dir() -> Path:
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    home = os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface"
+    return Path(home) / "hub"
+
+
+def cached_hub_snapshot(repo_id: str, revision: str = "main") -> tuple[str, Path] | None:
+    """The (commit, snapshot folder) of a hub model already in the local cache, or None."""
+    folder = hf_cache_dir() / ("models--" + repo_id.replace("/", "--"))
+    if re.fullmatch(r"[0-9a-f]{40}", revision):
+        commit = revision
+    else:
+        try:
+            commit = (folder / "refs" / revision).read_text().strip()
+        except OSError:
+            return None
+    snapshot = folder / "snapshots" / commit
+    return (commit, snapshot) if snapshot.is_dir() else None
+
+
+def rehearsal_model(spec: str, base_dir: Path) -> str:
+    """The built-in tiny model standing in for ``spec`` under --rehearse."""
+    if spec.startswith("sdbatch/"):
+        return spec
+    text = spec.lower()
+    local = local_model_path(spec, base_dir)
+    if local is not None and local.is_dir() and (local / "model_index.json").exists():
+        try:
+            text += json.loads((local / "model_index.json").read_text()).get("_class_name", "").lower()
+        except (OSError, ValueError):
+            pass
+    return "sdbatch/tiny-sdxl" if "xl" in text else "sdbatch/tiny-sd"
+
+
+def resolve_model(spec: str, base_dir: Path, hashes: HashCache, *, rehearse: bool = False) -> ModelRef:
+    """Identify a model without loading it (no torch). Hub models not yet cached stay unresolved."""
+    from .tiny import BUILTIN_MODELS
+
+    if rehearse:
+        spec = rehearsal_model(spec, base_dir)
+    if spec.startswith("sdbatch/"):
+        return ModelRef(spec, BUILTIN_MODELS[spec], "builtin")
+    local = local_model_path(spec, base_dir)
+    if local is not None:
+        if local.is_file():
+            return ModelRef(spec, hashes.file(local), "file", str(local))
+        return ModelRef(spec, hashes.folder(local), "folder", str(local))
+    repo_id, _, revision = spec.partition("@")
+    cached = cached_hub_snapshot(repo_id, revision or "main")
+    if cached:
+        return ModelRef(repo_id, cached[0], "hub", str(cached[1]))
+    return ModelRef(repo_id, f"unresolved:{revision or 'main'}", "hub", None)
+
+
+# -------------------------------------------------------------------------------------------- jobs
+@dataclass
+class InputRef:
+    """An input image: a file (``sha256`` known) or another job's output (``job_id`` set)."""
+
+    path: str  # recipe-relative/absolute file path, or output-folder-relative path of a stage output
+    sha256: str | None = None
+    job_id: str | None = None
+
+    def identity(self) -> str:
+        return f"job:{self.job_id}" if self.job_id else f"file:{self.sha256}"
+
+
+@dataclass
+class Job:
+    job_id: str
+    stage: str
+    type: str
+    prompt: str
+    negative_prompt: str
+    seed: int
+    params: dict[str, Any]
+    model: ModelRef
+    device: str
+    dtype: str
+    output: str  # path relative to the output folder
+    inputs: list[InputRef] = field(default_factory=list)
+    mask: InputRef | None = None
+    options: dict[str, Any] = field(default_factory=dict)  # performance options: not part of the id
+
+    @property
+    def deps(self) -> list[str]:
+        return [ref.job_id for ref in self.inputs if ref.job_id]
+
+    @property
+    def batch_key(self) -> tuple:
+        """Jobs with equal keys may be rendered in one batch."""
+        p = self.params
+        return (self.stage, self.model.identity(), self.device, self.dtype, p.get("width"), p.get("height"),
+                p.get("steps"), p.get("scheduler"), p.get("guidance"), p.get("strength"))
+
+    def to_json(self, status: str | None = None) -> dict[str, Any]:
+        data = {
+            "job_id": self.job_id,
+            "stage": self.stage,
+            "type": self.type,
+            "prompt": self.prompt,
+            "negative_prompt": self.negative_prompt,
+            "seed": self.seed,
+            "params": self.params,
+            "model": {"id": self.model.id, "revision": self.model.revision},
+            "inputs": [{"path": r.path, "sha256": r.sha256, "job_id": r.job_id} for r in self.inputs],
+            "output": self.output,
+        }
+        if self.mask:
+            data["mask"] = {"path": self.mask.path, "sha256": self.mask.sha256}
+        if status is not None:
+            data["status"] = status
+        return data
+
+
+@dataclass
+class Plan:
+    jobs: list[Job]
+    stage_order: list[str]
+    out_dir: Path
+    rehearse: bool = False
+
+    @cached_property
+    def index(self) -> dict[str, Job]:
+        """job_id -> job."""
+        return {job.job_id: job for job in self.jobs}
+
+    def counts(self) -> dict[str, int]:
+        counts = {name: 0 for name in self.stage_order}
+        for job in self.jobs:
+            counts[job.stage] += 1
+        return counts
+
+
+def slugify(text: str, limit: int = 40) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return slug[:limit].rstrip("-") or "image"
+
+
+def job_id_of(identity: dict[str, Any]) -> str:
+    blob = json.dumps(identity, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def stage_order(loaded: LoadedRecipe) -> list[str]:
+    """Stage names in dependency order (a stage after the stages it reads), else recipe order."""
+    stages = {s.name: s for s in loaded.recipe.stages}
+    order: list[str] = []
+    seen: set[str] = set()
+
+    def visit(name: str) -> None:
+        if name in seen:
+            return
+        seen.add(name)
+        for dep in stages[name].input_names:
+            if dep in stages:
+                visit(dep)
+        order.append(name)
+
+    for stage in loaded.recipe.stages:
+        visit(stage.name)
+    return order
+
+
+def stage_seeds(stage: StageBase) -> list[int] | None:
+    if stage.seed is not None:
+        return [stage.seed]
+    if isinstance(stage.seeds, SeedRange):
+        return list(range(stage.seeds.start, stage.seeds.start + stage.seeds.count))
+    if stage.seeds is not None:
+        return list(dict.fromkeys(stage.seeds))
+    return None
+
+
+def rehearse_size(width: int, height: int) -> tuple[int, int]:
+    side = max(width, height)
+    if side <= REHEARSE_MAX_SIDE:
+        return width, height
+    scale = REHEARSE_MAX_SIDE / side
+    return max(8, int(round(width * scale / 8)) * 8), max(8, int(round(height * scale / 8)) * 8)
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.size
+
+
+class _Planner:
+    def __init__(self, loaded: LoadedRecipe, out_dir: Path, rehearse: bool, hashes: HashCache):
+        self.loaded = loaded
+        self.recipe = loaded.recipe
+        self.base = loaded.base_dir
+        self.out_dir = out_dir
+        self.rehearse = rehearse
+        self.hashes = hashes
+        self.models: dict[str, ModelRef] = {}
+        self.jobs_by_stage: dict[str, list[Job]] = {}
+        self.problems: list[Problem] = []
+
+    def model(self, spec: str) -> ModelRef:
+        if spec not in self.models:
+            self.models[spec] = resolve_model(spec, self.base, self.hashes, rehearse=self.rehearse)
+        return self.models[spec]
+
+    def line(self, *path: Any) -> int:
+        lines = self.loaded.lines
+        for n in range(len(path), -1, -1):
+            if path[:n] in lines:
+                return lines[path[:n]]
+        return 0
+
+    def sources(self, stage: StageBase) -> list[tuple[InputRef | None, int | None, tuple[int, int] | None]]:
+        """(input, inherited seed, input size) for each input the stage reads; [(None, None, None)] for none."""
+        value = getattr(stage, "input", None)
+        if value is None:
+            return [(None, None, None)]
+        if value in self.jobs_by_stage:
+            return [(InputRef(job.output, None, job.job_id), job.seed, (job.params["width"], job.params["height"]))
+                    for job in self.jobs_by_stage[value]]
+        out = []
+        for path in resolve_input_files(value, self.base, IMAGE_SUFFIXES):
+            out.append((InputRef(self.display_path(path), self.hashes.file(path)), None, image_size(path)))
+        return out
+
+    def display_path(self, path: Path) -> str:
+        try:
+            return os.path.relpath(path, self.base)
+        except ValueError:
+            return str(path)
+
+    def mask_for(self, stage: StageBase, source: InputRef | None) -> InputRef | None:
+        mask = getattr(stage, "mask", None)
+        if mask is None:
+            return None
+        masks = resolve_input_files(mask, self.base, IMAGE_SUFFIXES)
+        chosen = masks[0]
+        if len(masks) > 1 and source is not None:
+            stem = Path(source.path).stem
+            chosen = next((m for m in masks if m.stem == stem), masks[0])
+        return InputRef(self.display_path(chosen), self.hashes.file(chosen))
+
+    def expand(self, index: int, stage: StageBase) -> list[Job]:
+        recipe = self.recipe
+        model = self.model(stage.model or recipe.model)  # type: ignore[arg-type]
+        device = "cpu" if self.rehearse else (stage.device or recipe.device)
+        dtype = "float32" if self.rehearse else (stage.dtype or recipe.dtype)
+        sweeps = {key: getattr(stage, key, None) or DEFAULTS.get(key) for key in SWEEP_KEYS}
+        sweeps = {k: list(dict.fromkeys(v)) for k, v in sweeps.items() if v is not None}
+        keys = list(sweeps)
+        own_seeds = stage_seeds(stage)
+        options = {k: getattr(stage, k) for k in ("attention", "channels_last", "compile", "vae_tiling", "offload",
+                                                 "tf32", "batch_size") if getattr(stage, k) is not None}
+        jobs: list[Job] = []
+        for source, inherited_seed, in_size in self.sources(stage):
+            width, height = stage.width, stage.height
+            if width is None or height is None:
+                base_w, base_h = in_size or (DEFAULT_SIZE, DEFAULT_SIZE)
+                if width is None and height is None:
+                    width, height = base_w // 8 * 8, base_h // 8 * 8
+                elif width is None:
+                    width = max(8, int(base_w * height / base_h) // 8 * 8)
+                else:
+                    height = max(8, int(base_h * width / base_w) // 8 * 8)
+            if self.rehearse:
+                width, height = rehearse_size(width, height)
+            seeds = own_seeds if own_seeds is not None else [inherited_seed if inherited_seed is not None else 0]
+            mask = self.mask_for(stage, source)
+            for values in itertools.product(*(sweeps[k] for k in keys)):
+                combo = dict(zip(keys, values))
+                steps = combo["steps"]
+                strength = combo.get("strength")
+                if strength is not None and 0 < strength and int(steps * strength) < 1:
+                    self.problems.append(Problem(
+                        self.line("stages", index, "strength"), f"stages[{index}].strength",
+                        f"strength {strength} x steps {steps} leaves no denoising step "
+                        f"(diffusers runs int(steps x strength)); raise steps or strength"))
+                    return jobs
+                if self.rehearse:
+                    floor = math.ceil(1 / strength) if strength else 1
+                    steps = min(steps, max(REHEARSE_MAX_STEPS, floor))
+                params: dict[str, Any] = {
+                    "steps": steps,
+                    "guidance": float(combo["guidance"]),
+                    "scheduler": combo["scheduler"],
+                    "width": width,
+                    "height": height,
+                }
+                if strength is not None:
+                    params["strength"] = float(strength)
+                for seed in seeds:
+                    identity = {
+                        "v": PLAN_VERSION,
+                        "stage": stage.name,
+                        "type": stage.type,
+                        "model": model.identity(),
+                        "dtype": dtype,
+                        "prompt": combo["prompt"],
+                        "negative_prompt": combo["negative_prompt"],
+                        "seed": seed,
+                        "params": params,
+                        "inputs": [source.identity()] if source else [],
+                        "mask": mask.identity() if mask else None,
+                    }
+                    job_id = job_id_of(identity)
+                    output = f"{stage.name}/{slugify(combo['prompt'])}-{seed}-{job_id[:8]}.png"
+                    jobs.append(Job(job_id, stage.name, stage.type, combo["prompt"], combo["negative_prompt"], seed,
+                                    dict(params), model, device, dtype, output,
+                                    [source] if source else [], mask, options))
+        return jobs
+
+
+def build_plan(loaded: LoadedRecipe, out_dir: Path, *, rehearse: bool = False,
+               hashes: HashCache | None = None) -> Plan:
+    """Expand ``loaded`` into jobs in dependency order. Raises RecipeError for plan-time problems."""
+    hashes = hashes or HashCache.open()
+    planner = _Planner(loaded, out_dir, rehearse, hashes)
+    order = stage_order(loaded)
+    index = {stage.name: i for i, stage in enumerate(loaded.recipe.stages)}
+    jobs: list[Job] = []
+    for name in order:
+        stage = loaded.recipe.stages[index[name]]
+        stage_jobs = planner.expand(index[name], stage)
+        planner.jobs_by_stage[name] = stage_jobs
+        jobs.extend(stage_jobs)
+    hashes.save()
+    if planner.problems:
+        raise RecipeError(str(loaded.path), planner.problems)
+    return Plan(jobs, order, out_dir, rehearse)
+

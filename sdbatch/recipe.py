@@ -1,0 +1,564 @@
+"""The recipe: Pydantic models (the single source of truth for configuration) and loading.
+
+A recipe is a YAML file::
+
+    name: wolves
+    model: stabilityai/sd-turbo
+    defaults: {steps: 25, guidance: 7.0}
+    stages:
+      - {name: sketch, type: generate, prompt: [a wolf, a fox], seeds: [1, 2]}
+      - {name: painted, type: img2img, input: sketch, prompt: oil painting, strength: 0.8}
+
+``load_recipe(path)`` returns a validated :class:`Recipe` or raises :class:`RecipeError` carrying every
+problem as ``file:line: field.path: message``. This module never imports torch or diffusers.
+"""
+
+from __future__ import annotations
+
+import glob as globlib
+import os
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    TypeAdapter,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+
+from .yamlio import YamlError, format_path, load_yaml
+
+NAME_PATTERN = r"^[A-Za-z0-9_-]+$"
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+VIDEO_SUFFIXES = {".mp4", ".mov", ".webm", ".gif", ".mkv", ".avi", ".m4v"}
+
+SchedulerName = Literal[
+    "default", "ddim", "euler", "euler-a", "dpmpp-2m", "dpmpp-2m-karras", "dpmpp-sde-karras",
+    "unipc", "lms", "pndm", "heun", "lcm",
+]
+DeviceName = Annotated[str, Field(pattern=r"^(auto|cpu|cuda|cuda:\d+|mps)$")]
+DtypeName = Literal["auto", "float16", "bfloat16", "float32"]
+
+
+# --------------------------------------------------------------------------------------------- types
+def _as_list(value: Any) -> Any:
+    return value if isinstance(value, list) else [value]
+
+
+@lru_cache(maxsize=None)
+def _item_schema(item: Any) -> dict:
+    return TypeAdapter(item).json_schema()
+
+
+def Sweep(item: Any) -> Any:  # noqa: N802 - reads like a type
+    """A parameter that may be one value or a list of values to sweep (cartesian product).
+
+    Validated as a non-empty list; the JSON schema accepts either form.
+    """
+    schema = _item_schema(item)
+    return Annotated[
+        list[item],
+        BeforeValidator(_as_list),
+        Field(min_length=1),
+        WithJsonSchema({"anyOf": [schema, {"type": "array", "items": schema, "minItems": 1}]}),
+    ]
+
+
+def _multiple_of_8(value: int) -> int:
+    if value % 8:
+        raise ValueError(f"must be a multiple of 8 (got {value})")
+    return value
+
+
+Size = Annotated[StrictInt, Field(gt=0, le=16384)]
+Strength = Annotated[float, Field(ge=0.0, le=1.0)]
+Steps = Annotated[StrictInt, Field(gt=0, le=10000)]
+Guidance = Annotated[float, Field(ge=0.0, le=100.0)]
+Prompt = str
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class SeedRange(_Model):
+    """``seeds: {start: 0, count: 100}`` is seeds 0..99."""
+
+    start: StrictInt = 0
+    count: Annotated[StrictInt, Field(gt=0, le=10_000_000)]
+
+
+# ------------------------------------------------------------------------------- stage parameters
+class StageParams(_Model):
+    """Parameters any stage may take; also the shape of ``defaults`` (all optional there)."""
+
+    model: str | None = None
+    device: DeviceName | None = None
+    dtype: DtypeName | None = None
+    prompt: Sweep(Prompt) | None = None
+    negative_prompt: Sweep(Prompt) | None = None
+    steps: Sweep(Steps) | None = None
+    guidance: Sweep(Guidance) | None = None
+    width: Size | None = None
+    height: Size | None = None
+    scheduler: Sweep(SchedulerName) | None = None
+    seed: StrictInt | None = None
+    seeds: list[StrictInt] | SeedRange | None = None
+    batch_size: Literal["auto"] | Annotated[StrictInt, Field(gt=0, le=1024)] | None = None
+    # GPU options (recorded in the manifest, not part of a job's identity)
+    attention: Literal["sdpa", "default"] | None = None
+    channels_last: StrictBool | None = None
+    compile: StrictBool | None = None
+    vae_tiling: StrictBool | None = None
+    offload: Literal["none", "model", "sequential"] | None = None
+    tf32: StrictBool | None = None
+
+    @field_validator("width", "height")
+    @classmethod
+    def _size(cls, value: int | None) -> int | None:
+        return None if value is None else _multiple_of_8(value)
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, value: Any) -> Any:
+        if isinstance(value, list) and not value:
+            raise ValueError("must not be empty")
+        return value
+
+    @model_validator(mode="after")
+    def _one_seed_form(self) -> "StageParams":
+        if self.seed is not None and self.seeds is not None:
+            raise ValueError("give either 'seed' or 'seeds', not both")
+        return self
+
+
+class Defaults(StageParams):
+    """``defaults:``: any stage parameter; a stage's own value wins."""
+
+    strength: Sweep(Strength) | None = None
+
+
+class StageBase(StageParams):
+    name: Annotated[str, Field(pattern=NAME_PATTERN, max_length=64)]
+
+    @property
+    def input_names(self) -> list[str]:
+        value = getattr(self, "input", None)
+        return [value] if isinstance(value, str) else []
+
+
+class GenerateStage(StageBase):
+    """txt2img."""
+
+    type: Literal["generate"]
+    prompt: Sweep(Prompt)
+
+
+class Img2ImgStage(StageBase):
+    """img2img: ``input`` is a stage name, or a file / folder / glob relative to the recipe file."""
+
+    type: Literal["img2img"]
+    input: str
+    prompt: Sweep(Prompt) = [""]
+    strength: Sweep(Strength) = [0.8]
+
+
+class InpaintStage(StageBase):
+    """inpaint: ``mask`` is one file, or a folder/glob matched to inputs by file stem (white = repaint)."""
+
+    type: Literal["inpaint"]
+    input: str
+    mask: str
+    prompt: Sweep(Prompt) = [""]
+    strength: Sweep(Strength) = [1.0]
+
+
+Stage = Annotated[Union[GenerateStage, Img2ImgStage, InpaintStage], Field(discriminator="type")]
+STAGE_MODELS: dict[str, type[StageBase]] = {
+    "generate": GenerateStage,
+    "img2img": Img2ImgStage,
+    "inpaint": InpaintStage,
+}
+SWEEP_KEYS = ("prompt", "negative_prompt", "steps", "guidance", "strength", "scheduler")
+
+
+class Recipe(_Model):
+    """A whole recipe. ``stages`` have had ``defaults`` merged into them (a stage's own value wins)."""
+
+    name: Annotated[str, Field(pattern=NAME_PATTERN, max_length=100)]
+    model: str | None = None
+    device: DeviceName = "auto"
+    dtype: DtypeName = "auto"
+    executor: Literal["local", "ray"] = "local"
+    defaults: Defaults = Defaults()
+    stages: Annotated[list[Stage], Field(min_length=1)]
+
+    def stage(self, name: str) -> StageBase:
+        for stage in self.stages:
+            if stage.name == name:
+                return stage
+        raise KeyError(name)
+
+
+# ------------------------------------------------------------------------------------------ loading
+@dataclass
+class Problem:
+    line: int
+    path: str
+    message: str
+
+
+@dataclass
+class RecipeError(Exception):
+    """Every problem found in a recipe; ``str()`` gives one ``file:line: field: message`` per line."""
+
+    file: str
+    problems: list[Problem] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        lines = []
+        for p in self.problems:
+            where = f"{self.file}:{p.line}" if p.line else self.file
+            lines.append(f"{where}: {p.path}: {p.message}" if p.path else f"{where}: {p.message}")
+        return "\n".join(lines)
+
+
+@dataclass
+class LoadedRecipe:
+    """A validated recipe with where it came from."""
+
+    recipe: Recipe
+    path: Path
+    text: str
+    lines: dict[tuple, int]
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+
+def _merge_defaults(raw: dict) -> dict[tuple, tuple]:
+    """Merge ``defaults`` into each stage dict in place; return {stage path: defaults path} of merged keys."""
+    origins: dict[tuple, tuple] = {}
+    defaults = raw.get("defaults")
+    stages = raw.get("stages")
+    if not isinstance(defaults, dict) or not isinstance(stages, list):
+        return origins
+    for i, stage in enumerate(stages):
+        if not isinstance(stage, dict):
+            continue
+        model = STAGE_MODELS.get(stage.get("type"))  # type: ignore[arg-type]
+        if model is None:
+            continue
+        for key, value in defaults.items():
+            if key in model.model_fields and key not in stage and key not in ("name", "type"):
+                stage[key] = value
+                origins[("stages", i, key)] = ("defaults", key)
+    return origins
+
+
+_BRANCH_MARKER = re.compile(r"^[A-Z]\w*$|\[|^function-|^literal\[|^int$|^str$")
+
+
+def _pydantic_problems(exc: ValidationError, lines: dict, origins: dict) -> list[Problem]:
+    problems = []
+    for err in exc.errors(include_url=False):
+        loc = list(err["loc"])
+        # drop the discriminator tag pydantic inserts: ('stages', 1, 'img2img', 'strength')
+        if len(loc) >= 3 and loc[0] == "stages" and loc[2] in STAGE_MODELS:
+            del loc[2]
+        # drop internal union/validator markers
+        # drop union-branch markers pydantic inserts ("list[int]", "SeedRange", "function-before[...]")
+        loc = [p for p in loc if not (isinstance(p, str) and _BRANCH_MARKER.search(p))]
+        if loc and loc[-1] == 0 and tuple(loc) not in lines and tuple(loc[:-1]) in lines:
+            loc.pop()  # a scalar the user wrote, wrapped into a one-item sweep list
+        path = tuple(loc)
+        message = err["msg"]
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            message = f"unknown key '{loc[-1]}'"
+        elif kind == "union_tag_invalid":
+            tag = err.get("input", {}).get("type") if isinstance(err.get("input"), dict) else None
+            message = f"unknown stage type {tag!r} (expected one of: {', '.join(STAGE_MODELS)})"
+            path = path + ("type",)
+        elif kind == "union_tag_not_found":
+            message = f"missing 'type' (one of: {', '.join(STAGE_MODELS)})"
+        elif kind == "missing":
+            message = "required"
+        elif kind == "string_pattern_mismatch" and loc and loc[-1] == "name":
+            message = "must contain only letters, digits, '_' and '-'"
+        elif kind == "string_pattern_mismatch" and loc and loc[-1] == "device":
+            message = "must be auto, cpu, cuda, cuda:N or mps"
+        elif message.startswith("Value error, "):
+            message = message[len("Value error, "):]
+        shown = format_path(path)
+        for n in range(len(path), 0, -1):
+            if path[:n] in origins:
+                src = origins[path[:n]] + path[n:]
+                shown = f"{format_path(path)} (from {format_path(src)})"
+                path = src
+                break
+        line = 0
+        for n in range(len(path), -1, -1):
+            if path[:n] in lines:
+                line = lines[path[:n]]
+                break
+        problems.append(Problem(line, shown, message))
+    # one problem per place: unions report each branch; keep the first message per path
+    seen: set[tuple[int, str]] = set()
+    unique = []
+    paths = {p.path for p in problems}
+    for p in problems:
+        if "instance of SeedRange" in p.message and any(q.startswith(p.path + "[") for q in paths):
+            continue  # the list form was meant; its error says more
+        if (p.line, p.path) not in seen:
+            seen.add((p.line, p.path))
+            unique.append(p)
+    return sorted(unique, key=lambda p: p.line)
+
+
+def apply_overrides(raw: Any, overrides: list[str]) -> list[Problem]:
+    """Apply ``--set KEY=VALUE`` overrides (``defaults.steps=10``, ``stages.sketch.prompt=...``).
+
+    ``stages.<name>`` addresses a stage by name. VALUE is parsed as a YAML value.
+    """
+    problems = []
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            problems.append(Problem(0, "--set", f"expected KEY=VALUE, got {item!r}"))
+            continue
+        try:
+            value, _ = load_yaml(text) if text.strip() else ("", {})
+        except YamlError as exc:
+            problems.append(Problem(0, f"--set {key}", exc.message))
+            continue
+        parts = key.split(".")
+        target = raw
+        for depth, part in enumerate(parts[:-1]):
+            if isinstance(target, list):  # stages.<name>
+                match = [s for s in target if isinstance(s, dict) and s.get("name") == part]
+                if not match:
+                    problems.append(Problem(0, f"--set {key}", f"no stage named {part!r}"))
+                    target = None
+                    break
+                target = match[0]
+            elif isinstance(target, dict):
+                target = target.setdefault(part, {} if parts[depth + 1] != "stages" else [])
+            else:
+                target = None
+                break
+        if isinstance(target, dict):
+            target[parts[-1]] = value
+        elif target is not None:
+            problems.append(Problem(0, f"--set {key}", "cannot set this key"))
+    return problems
+
+
+def parse_recipe(text: str, path: Path, overrides: list[str] | None = None) -> LoadedRecipe:
+    """Parse and validate recipe text (no file-system checks). Raises :class:`RecipeError`."""
+    file = str(path)
+    try:
+        raw, lines = load_yaml(text)
+    except YamlError as exc:
+        raise RecipeError(file, [Problem(exc.line, "", exc.message)]) from None
+    if not isinstance(raw, dict):
+        raise RecipeError(file, [Problem(1, "", "the top level must be a mapping of recipe keys (name, model, stages, ...)")])
+    problems = apply_overrides(raw, overrides or [])
+    if problems:
+        raise RecipeError(file, problems)
+    raw.setdefault("name", path.stem)
+    if "name" not in lines:
+        lines[("name",)] = 0
+    origins = _merge_defaults(raw)
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as exc:
+        raise RecipeError(file, _pydantic_problems(exc, lines, origins)) from None
+    loaded = LoadedRecipe(recipe, path, text, lines)
+    problems = _check_graph(loaded)
+    if problems:
+        raise RecipeError(file, problems)
+    return loaded
+
+
+def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None, check_files: bool = True) -> LoadedRecipe:
+    """Load, validate and (by default) check that referenced files exist."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise RecipeError(str(path), [Problem(0, "", f"cannot read recipe: {exc.strerror or exc}")]) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise RecipeError(str(path), [Problem(0, "", "the file is not UTF-8 text")]) from None
+    loaded = parse_recipe(text, path, overrides)
+    if check_files:
+        problems = _check_files(loaded)
+        if problems:
+            raise RecipeError(str(path), problems)
+    return loaded
+
+
+# ------------------------------------------------------------------------------- semantic checks
+def _line(loaded: LoadedRecipe, *path: Any) -> int:
+    for n in range(len(path), -1, -1):
+        if path[:n] in loaded.lines:
+            return loaded.lines[path[:n]]
+    return 0
+
+
+def _check_graph(loaded: LoadedRecipe) -> list[Problem]:
+    recipe = loaded.recipe
+    problems: list[Problem] = []
+    names: dict[str, int] = {}
+    for i, stage in enumerate(recipe.stages):
+        if stage.name in names:
+            problems.append(Problem(_line(loaded, "stages", i, "name"), f"stages[{i}].name",
+                                    f"duplicate stage name {stage.name!r} (also stages[{names[stage.name]}])"))
+        else:
+            names[stage.name] = i
+        if (stage.model or recipe.model) is None:
+            problems.append(Problem(_line(loaded, "stages", i), f"stages[{i}].model",
+                                    "no model: set 'model' at the top level or on the stage"))
+    # cycles among stage inputs
+    graph = {s.name: [n for n in s.input_names if n in names] for s in recipe.stages}
+    state: dict[str, int] = {}
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = 1
+        for nxt in graph.get(node, []):
+            if state.get(nxt) == 1:
+                cycle = trail[trail.index(nxt):] + [nxt] if nxt in trail else [node, nxt]
+                i = names[node]
+                problems.append(Problem(_line(loaded, "stages", i, "input"), f"stages[{i}].input",
+                                        "input cycle: " + " -> ".join(cycle)))
+            elif state.get(nxt) is None:
+                visit(nxt, trail + [nxt])
+        state[node] = 2
+
+    for name in graph:
+        if name not in state:
+            visit(name, [name])
+    return problems
+
+
+def resolve_input_files(pattern: str, base_dir: Path, suffixes: set[str]) -> list[Path]:
+    """Files named by a file, folder or glob relative to ``base_dir``, sorted by name."""
+    target = Path(pattern).expanduser()
+    if not target.is_absolute():
+        target = base_dir / target
+    if target.is_dir():
+        return sorted(p for p in target.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
+    if target.is_file():
+        return [target]
+    if globlib.has_magic(pattern):
+        return sorted(Path(p) for p in globlib.glob(str(target), recursive=True)
+                      if Path(p).is_file() and Path(p).suffix.lower() in suffixes)
+    return []
+
+
+def looks_like_path(text: str) -> bool:
+    return "/" in text or "\\" in text or globlib.has_magic(text) or Path(text).suffix != ""
+
+
+def _check_files(loaded: LoadedRecipe) -> list[Problem]:
+    recipe, base = loaded.recipe, loaded.base_dir
+    problems: list[Problem] = []
+    stage_names = {s.name for s in recipe.stages}
+    for i, stage in enumerate(recipe.stages):
+        value = getattr(stage, "input", None)
+        inputs: list[Path] = []
+        if isinstance(value, str) and value not in stage_names:
+            inputs = resolve_input_files(value, base, IMAGE_SUFFIXES)
+            if not inputs:
+                if looks_like_path(value):
+                    what = "matches no image file" if globlib.has_magic(value) else "no such image file or folder"
+                    problems.append(Problem(_line(loaded, "stages", i, "input"), f"stages[{i}].input",
+                                            f"{value!r}: {what} (relative to {base})"))
+                else:
+                    problems.append(Problem(_line(loaded, "stages", i, "input"), f"stages[{i}].input",
+                                            f"{value!r} names no stage (stages: {', '.join(sorted(stage_names))})"
+                                            " and no file"))
+        mask = getattr(stage, "mask", None)
+        if isinstance(mask, str):
+            masks = resolve_input_files(mask, base, IMAGE_SUFFIXES)
+            line = _line(loaded, "stages", i, "mask")
+            if not masks:
+                problems.append(Problem(line, f"stages[{i}].mask", f"{mask!r}: no such mask file, folder or glob match"))
+            elif len(masks) > 1 or Path(base / mask).is_dir():
+                if value in stage_names:
+                    problems.append(Problem(line, f"stages[{i}].mask",
+                                            "several masks can only be matched to file inputs (by file stem); "
+                                            "use one mask file for a stage input"))
+                else:
+                    stems = {m.stem for m in masks}
+                    missing = [p.name for p in inputs if p.stem not in stems]
+                    if missing:
+                        problems.append(Problem(line, f"stages[{i}].mask",
+                                                f"no mask with the stem of input {missing[0]!r}"
+                                                + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")))
+        model = stage.model or recipe.model
+        if model:
+            problem = check_model_spec(model, base)
+            if problem:
+                where = ("stages", i, "model") if stage.model and ("stages", i, "model") in loaded.lines else ("model",)
+                problems.append(Problem(_line(loaded, *where), format_path(where), problem))
+    return problems
+
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*(@[A-Za-z0-9_./-]+)?$")
+
+
+def local_model_path(spec: str, base_dir: Path) -> Path | None:
+    """The local file or folder a model spec names, or None for a hub id / builtin."""
+    if spec.startswith("sdbatch/"):
+        return None
+    candidate = Path(spec).expanduser()
+    if not candidate.is_absolute():
+        candidate = base_dir / candidate
+    if candidate.exists():
+        return candidate
+    return None
+
+
+def check_model_spec(spec: str, base_dir: Path) -> str | None:
+    """A problem with a model spec that can be seen without loading it, or None."""
+    from .tiny import BUILTIN_MODELS
+
+    if spec.startswith("sdbatch/"):
+        return None if spec in BUILTIN_MODELS else f"unknown built-in model {spec!r} (built-ins: {', '.join(BUILTIN_MODELS)})"
+    path = local_model_path(spec, base_dir)
+    if path is not None:
+        if path.is_file() and path.suffix.lower() not in (".safetensors", ".ckpt", ".pt", ".bin"):
+            return f"{spec!r}: a model file must be .safetensors (or .ckpt with allow_pickle)"
+        if path.is_dir() and not (path / "model_index.json").exists() and not (path / "config.json").exists():
+            return f"{spec!r}: folder is not a diffusers model (no model_index.json)"
+        return None
+    if Path(spec).suffix.lower() in (".safetensors", ".ckpt") or spec.startswith((".", "/", "~")):
+        return f"{spec!r}: no such model file or folder (relative to {base_dir})"
+    if not HUB_ID.match(spec):
+        return f"{spec!r} is neither a local model file/folder nor a hub id like 'org/name'"
+    return None
+
+
+def recipe_json_schema() -> dict[str, Any]:
+    """The recipe's JSON Schema (draft 2020-12), generated from the models above."""
+    schema = Recipe.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "sdbatch recipe"
+    # `name` defaults to the file's stem
+    schema["required"] = [key for key in schema.get("required", []) if key != "name"]
+    return schema

@@ -1,0 +1,252 @@
+"""Run a plan: skip what is done, render the rest, isolate failures, report progress, stop cleanly.
+
+Resume rules: a job is done when the manifest has its output line and the file exists. A file under its
+final name but without a manifest line (killed between the rename and the append) is adopted from the
+record embedded in it. Temp files of a killed run are removed first. ``force`` re-renders everything.
+First Ctrl-C finishes the current batch and stops (exit 130); a second stops at once.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .artifacts import clean_temp_files, read_png_record
+from .hashing import sha256_bytes, sha256_file
+from .manifest import MANIFEST_NAME, Manifest
+from .plan import Job, Plan
+from .recipe import LoadedRecipe
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def git_info(path: Path) -> tuple[str | None, bool | None]:
+    """(commit, dirty) of the git repository holding ``path``; (None, None) outside git."""
+    try:
+        commit = subprocess.run(["git", "-C", str(path.parent), "rev-parse", "HEAD"], capture_output=True,
+                                text=True, timeout=10)
+        if commit.returncode:
+            return None, None
+        status = subprocess.run(["git", "-C", str(path.parent), "status", "--porcelain", "--", path.name],
+                                capture_output=True, text=True, timeout=10)
+        return commit.stdout.strip(), bool(status.stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+
+
+def recipe_info(loaded: LoadedRecipe) -> dict[str, Any]:
+    commit, dirty = git_info(loaded.path.resolve())
+    return {"path": str(loaded.path), "sha256": sha256_bytes(loaded.text.encode()), "git_commit": commit,
+            "git_dirty": dirty}
+
+
+def done_jobs(plan: Plan, manifest: Manifest) -> dict[str, dict[str, Any]]:
+    """job_id -> final output record, for jobs whose final output is recorded and on disk."""
+    by_job = manifest.outputs_by_job()
+    wanted = {job.job_id: job for job in plan.jobs}
+    done = {}
+    for job_id, records in by_job.items():
+        job = wanted.get(job_id)
+        if job is None:
+            continue
+        for record in records:
+            if record.get("path") == job.output and (plan.out_dir / job.output).is_file():
+                done[job_id] = record
+    return done
+
+
+def adopt_orphans(plan: Plan, manifest: Manifest, done: dict[str, dict[str, Any]]) -> int:
+    """Record outputs that were written but not yet recorded when a run was killed."""
+    adopted = 0
+    for job in plan.jobs:
+        if job.job_id in done:
+            continue
+        path = plan.out_dir / job.output
+        if path.suffix.lower() != ".png" or not path.is_file():
+            continue
+        record = read_png_record(path)
+        if not record or record.get("job_id") != job.job_id or record.get("path") != job.output:
+            continue
+        record["sha256"] = sha256_file(path)
+        manifest.append(record)
+        done[job.job_id] = record
+        adopted += 1
+    return adopted
+
+
+def select_jobs(plan: Plan, done: dict[str, Any], only: list[str]) -> list[Job]:
+    """Pending jobs to run: all, or those of the ``only`` stages plus the upstream jobs they still lack."""
+    by_id = plan.index
+    if not only:
+        return [job for job in plan.jobs if job.job_id not in done]
+    needed: set[str] = set()
+    stack = [job.job_id for job in plan.jobs if job.stage in only and job.job_id not in done]
+    while stack:
+        job_id = stack.pop()
+        if job_id in needed:
+            continue
+        needed.add(job_id)
+        stack.extend(dep for dep in by_id[job_id].deps if dep not in done and dep in by_id)
+    return [job for job in plan.jobs if job.job_id in needed]
+
+
+@dataclass
+class StageStats:
+    jobs: int = 0
+    done_before: int = 0
+    rendered: int = 0
+    failed: int = 0
+    skipped: int = 0
+
+
+@dataclass
+class RunSink:
+    """The driver's end of an executor: writes the manifest, counts, shows progress, carries the stop flag."""
+
+    manifest: Manifest
+    plan: Plan
+    progress: Any
+    stats: dict[str, StageStats]
+    stop_event: threading.Event
+    recorded: set[tuple[str, str]] = field(default_factory=set)
+    failures: list[tuple[str, str, str]] = field(default_factory=list)
+
+    def stop_requested(self) -> bool:
+        return self.stop_event.is_set()
+
+    def started(self, jobs: list[Job]) -> None:
+        self.progress.current(jobs[0].stage, len(jobs))
+
+    def output(self, record: dict[str, Any]) -> None:
+        key = (record["job_id"], record["path"])
+        if key in self.recorded:
+            return  # a retried job (e.g. a lost Ray worker) must not be recorded twice
+        self.recorded.add(key)
+        self.manifest.append(record)
+
+    def finished(self, result: Any) -> None:
+        job = self.plan.index[result.job_id]
+        if result.error:
+            self.stats[job.stage].failed += 1
+            self.failures.append((job.stage, job.output, result.error))
+            self.manifest.append({"kind": "failed", "job_id": job.job_id, "stage": job.stage, "path": job.output,
+                                  "error": result.error, "time": now_iso()})
+            self.progress.failed(job, result.error)
+        else:
+            for record in result.records:  # executors that do not emit as they go
+                self.output(record)
+            self.stats[job.stage].rendered += 1
+            self.progress.done(job, result.seconds)
+
+    def skipped(self, job: Job, reason: str) -> None:
+        self.stats[job.stage].skipped += 1
+        self.manifest.append({"kind": "skipped", "job_id": job.job_id, "stage": job.stage, "path": job.output,
+                              "reason": reason, "time": now_iso()})
+        self.progress.skipped(job, reason)
+
+
+@dataclass
+class RunOutcome:
+    exit_code: int
+    stats: dict[str, StageStats]
+    failures: list[tuple[str, str, str]]
+    interrupted: bool = False
+
+
+class _SigintHandler:
+    """First Ctrl-C: finish the current batch, then stop. Second: stop now."""
+
+    def __init__(self, stop: threading.Event, say: Any):
+        self.stop = stop
+        self.say = say
+        self.previous = None
+
+    def __enter__(self) -> "_SigintHandler":
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.stop.is_set():
+            raise KeyboardInterrupt
+        self.stop.set()
+        self.say("Interrupted: finishing the current job, then stopping (Ctrl-C again to stop now)")
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+
+def run_plan(loaded: LoadedRecipe, plan: Plan, *, force: bool = False, only: list[str] | None = None,
+             executor: str = "local", executor_options: dict[str, Any] | None = None,
+             reporter: Any = None) -> RunOutcome:
+    """Render every pending job of ``plan`` into ``plan.out_dir``; returns the outcome and exit code."""
+    from .executors import make_executor
+    from .executors.worker import RunInfo, software_versions
+    from .progress import Reporter
+
+    out_dir = plan.out_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    reporter = reporter or Reporter()
+    removed = clean_temp_files(out_dir)
+    if removed:
+        reporter.say(f"Removed {len(removed)} unfinished temp file(s) from an interrupted run")
+    manifest = Manifest(out_dir / MANIFEST_NAME)
+    done = {} if force else done_jobs(plan, manifest)
+    if not force:
+        adopted = adopt_orphans(plan, manifest, done)
+        if adopted:
+            reporter.say(f"Recorded {adopted} output(s) written just before an interruption")
+    only = list(only or [])
+    todo = select_jobs(plan, done, only) if not force else \
+        [job for job in plan.jobs if not only or job.stage in only]
+    stats = {name: StageStats() for name in plan.stage_order}
+    for job in plan.jobs:
+        stats[job.stage].jobs += 1
+        if job.job_id in done:
+            stats[job.stage].done_before += 1
+    info = RunInfo(str(out_dir), str(loaded.base_dir), recipe_info(loaded), software_versions())
+    if info.recipe.get("git_dirty"):
+        reporter.say(f"Warning: {loaded.path} has uncommitted changes; commit it so this run can be reproduced "
+                     "from git")
+    run_id = uuid.uuid4().hex[:12]
+    manifest.append({"kind": "run", "event": "start", "run_id": run_id, "time": now_iso(), "recipe": info.recipe,
+                     "versions": info.versions, "jobs": len(plan.jobs), "pending": len(todo),
+                     "rehearse": plan.rehearse, "force": force, "only": only, "executor": executor,
+                     "pid": os.getpid()})
+    stop = threading.Event()
+    sink = RunSink(manifest, plan, reporter, stats, stop)
+    interrupted = False
+    started = time.time()
+    reporter.start(len(todo), sum(s.done_before for s in stats.values()))
+    try:
+        with _SigintHandler(stop, reporter.say):
+            if todo:
+                make_executor(executor, info, **(executor_options or {})).execute(todo, sink)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        reporter.stop()
+    interrupted = interrupted or stop.is_set()
+    failed = sum(s.failed + s.skipped for s in stats.values())
+    code = EXIT_INTERRUPTED if interrupted else (EXIT_FAILED if failed else EXIT_OK)
+    manifest.append({"kind": "run", "event": "end", "run_id": run_id, "time": now_iso(),
+                     "seconds": round(time.time() - started, 3), "exit_code": code,
+                     "rendered": sum(s.rendered for s in stats.values()),
+                     "failed": sum(s.failed for s in stats.values()),
+                     "skipped": sum(s.skipped for s in stats.values()), "interrupted": interrupted})
+    manifest.close()
+    return RunOutcome(code, stats, sink.failures, interrupted)

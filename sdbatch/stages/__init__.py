@@ -1,0 +1,24 @@
+"""One module per stage type, each with the same entry point::
+
+    def render(jobs: list[Job], ctx: StageContext) -> Iterator[Rendered]
+
+``jobs`` is a batch of jobs of one stage sharing a batch key (see ``Job.batch_key``); ``render`` yields
+one :class:`Rendered` per output file. Modules are imported only when a stage runs, so validation and
+planning never pull in torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Callable
+
+STAGE_MODULES = {
+    "generate": "sdbatch.stages.generate",
+    "img2img": "sdbatch.stages.img2img",
+    "inpaint": "sdbatch.stages.inpaint",
+}
+
+
+def stage_entry(stage_type: str) -> Callable:
+    """The ``render`` function of a stage type."""
+    return importlib.import_module(STAGE_MODULES[stage_type]).render
