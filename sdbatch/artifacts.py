@@ -123,7 +123,7 @@ def a1111_parameters(record: dict[str, Any]) -> str:
     if record.get("negative_prompt"):
         lines.append(f"Negative prompt: {record['negative_prompt']}")
     scheduler = params.get("scheduler", "default")
-    sampler = SAMPLER_NAMES.get(scheduler) or record.get("sampler") or scheduler
+    sampler = record.get("sampler") or SAMPLER_NAMES.get(scheduler) or scheduler
     model = record.get("model", {})
     fields = [
         ("Steps", params.get("steps")),

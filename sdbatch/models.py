@@ -146,6 +146,16 @@ class ModelBank:
             self._schedulers[(key, name)] = getattr(diffusers, cls_name).from_config(default.config, **extra)
         return self._schedulers[(key, name)]
 
+    def sampler_name(self, job: Job) -> str:
+        """A1111's name of the sampler a job used (the model's own scheduler for ``default``)."""
+        from .artifacts import SAMPLER_BY_CLASS, SAMPLER_NAMES
+
+        name = job.params.get("scheduler", "default")
+        if name != "default" or self.key(job) not in self._bases:
+            return SAMPLER_NAMES.get(name, name)
+        cls = type(self.scheduler(job, "default")).__name__
+        return SAMPLER_BY_CLASS.get(cls, cls)
+
     def _load(self, model: ModelRef, key: LoadKey) -> Any:
         import torch
         from diffusers import AutoPipelineForText2Image

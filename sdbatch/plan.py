@@ -49,6 +49,7 @@ DEFAULTS: dict[str, Any] = {
 }
 REHEARSE_MAX_SIDE = 64
 REHEARSE_MAX_STEPS = 4
+REHEARSE_MAX_FRAMES = 12
 
 
 # ------------------------------------------------------------------------------------------ models
@@ -153,6 +154,11 @@ class Job:
     @property
     def deps(self) -> list[str]:
         return [ref.job_id for ref in self.inputs if ref.job_id]
+
+    @property
+    def frames_dir(self) -> str:
+        """Where a video job's frames go (relative to the output folder): beside its mp4, in ``frames/``."""
+        return str(Path(self.output).parent / "frames")
 
     @property
     def batch_key(self) -> tuple:
@@ -279,18 +285,44 @@ class _Planner:
                 return lines[path[:n]]
         return 0
 
-    def sources(self, stage: StageBase) -> list[tuple[InputRef | None, int | None, tuple[int, int] | None]]:
+    def sources(self, index: int, stage: StageBase) -> list[tuple[InputRef | None, int | None, tuple[int, int] | None]]:
         """(input, inherited seed, input size) for each input the stage reads; [(None, None, None)] for none."""
-        value = getattr(stage, "input", None)
-        if value is None:
+        names = stage.input_names
+        if not names:
             return [(None, None, None)]
+        value = names[0]
+        field_name = "init" if stage.type == "animate" else "input"
         if value in self.jobs_by_stage:
+            upstream = self.recipe.stage(value)
+            wants_video = stage.READS == "video"
+            if upstream.VIDEO != wants_video:
+                what = "a video" if wants_video else "images"
+                self.problems.append(Problem(self.line("stages", index, field_name), f"stages[{index}].{field_name}",
+                                             f"stage {value!r} ({upstream.type}) does not produce {what}"))
+                return []
             return [(InputRef(job.output, None, job.job_id), job.seed, (job.params["width"], job.params["height"]))
                     for job in self.jobs_by_stage[value]]
+        if stage.READS == "video":
+            return [self.video_source(index, stage, value)]
         out = []
         for path in resolve_input_files(value, self.base, IMAGE_SUFFIXES):
             out.append((InputRef(self.display_path(path), self.hashes.file(path)), None, image_size(path)))
         return out
+
+    def video_source(self, index: int, stage: StageBase, value: str) -> tuple:
+        from .video import VideoError, probe_video, select_frames
+
+        path = Path(value).expanduser()
+        path = path if path.is_absolute() else self.base / path
+        try:
+            info = probe_video(path)
+            select_frames(info, getattr(stage, "start_frame", 0), getattr(stage, "end_frame", None),
+                          getattr(stage, "every_nth_frame", 1))
+        except VideoError as exc:
+            self.problems.append(Problem(self.line("stages", index, "input"), f"stages[{index}].input",
+                                         str(exc).replace(str(path), value)))
+            return (None, None, None)
+        return (InputRef(self.display_path(path), self.hashes.file(path)), None, (info.width, info.height))
 
     def display_path(self, path: Path) -> str:
         try:
@@ -314,14 +346,20 @@ class _Planner:
         model = self.model(stage.model or recipe.model)  # type: ignore[arg-type]
         device = "cpu" if self.rehearse else (stage.device or recipe.device)
         dtype = "float32" if self.rehearse else (stage.dtype or recipe.dtype)
-        sweeps = {key: getattr(stage, key, None) or DEFAULTS.get(key) for key in SWEEP_KEYS}
+        sweeps = {key: getattr(stage, key, None) or DEFAULTS.get(key) for key in stage.SWEEPS}
         sweeps = {k: list(dict.fromkeys(v)) for k, v in sweeps.items() if v is not None}
         keys = list(sweeps)
-        own_seeds = stage_seeds(stage)
+        seed_path = stage.type == "interpolate"  # its seeds are the path, not a sweep
+        own_seeds = [stage.seeds[0]] if seed_path else stage_seeds(stage)  # type: ignore[index]
+        extra = stage.extra_params()
+        if stage.type == "animate" and stage.mode == "3d":  # type: ignore[attr-defined]
+            extra["depth_model"] = self.depth_model(stage.depth_model).identity()  # type: ignore[attr-defined]
         options = {k: getattr(stage, k) for k in ("attention", "channels_last", "compile", "vae_tiling", "offload",
                                                  "tf32", "batch_size") if getattr(stage, k) is not None}
         jobs: list[Job] = []
-        for source, inherited_seed, in_size in self.sources(stage):
+        for source, inherited_seed, in_size in self.sources(index, stage):
+            if stage.READS == "video" and source is None:
+                continue  # a problem was recorded
             width, height = stage.width, stage.height
             if width is None or height is None:
                 base_w, base_h = in_size or (DEFAULT_SIZE, DEFAULT_SIZE)
@@ -348,15 +386,16 @@ class _Planner:
                 if self.rehearse:
                     floor = math.ceil(1 / strength) if strength else 1
                     steps = min(steps, max(REHEARSE_MAX_STEPS, floor))
-                params: dict[str, Any] = {
-                    "steps": steps,
-                    "guidance": float(combo["guidance"]),
-                    "scheduler": combo["scheduler"],
-                    "width": width,
-                    "height": height,
-                }
+                params: dict[str, Any] = {"steps": steps, "scheduler": combo["scheduler"], "width": width,
+                                          "height": height}
+                if "guidance" in combo:
+                    params["guidance"] = float(combo["guidance"])
                 if strength is not None:
                     params["strength"] = float(strength)
+                params.update(extra)
+                if self.rehearse and "frames" in params and stage.type == "animate":
+                    params["frames"] = min(params["frames"], REHEARSE_MAX_FRAMES)
+                prompt = combo.get("prompt") or ""
                 for seed in seeds:
                     identity = {
                         "v": PLAN_VERSION,
@@ -364,7 +403,7 @@ class _Planner:
                         "type": stage.type,
                         "model": model.identity(),
                         "dtype": dtype,
-                        "prompt": combo["prompt"],
+                        "prompt": prompt,
                         "negative_prompt": combo["negative_prompt"],
                         "seed": seed,
                         "params": params,
@@ -372,11 +411,26 @@ class _Planner:
                         "mask": mask.identity() if mask else None,
                     }
                     job_id = job_id_of(identity)
-                    output = f"{stage.name}/{slugify(combo['prompt'])}-{seed}-{job_id[:8]}.png"
-                    jobs.append(Job(job_id, stage.name, stage.type, combo["prompt"], combo["negative_prompt"], seed,
-                                    dict(params), model, device, dtype, output,
+                    jobs.append(Job(job_id, stage.name, stage.type, prompt, combo["negative_prompt"], seed,
+                                    dict(params), model, device, dtype, "",
                                     [source] if source else [], mask, options))
+        for job in jobs:
+            prompts = job.params.get("prompts") or {}
+            first = next(iter(prompts.values() if isinstance(prompts, dict) else prompts), "")
+            slug = f"{slugify(job.prompt or first or stage.name)}-{job.seed}-{job.job_id[:8]}"
+            if not stage.VIDEO:
+                job.output = f"{stage.name}/{slug}.png"
+            elif len(jobs) == 1:
+                job.output = f"{stage.name}/{stage.name}.mp4"
+            else:
+                job.output = f"{stage.name}/{slug}/{stage.name}.mp4"
         return jobs
+
+    def depth_model(self, spec: str) -> ModelRef:
+        key = "depth:" + spec
+        if key not in self.models:
+            self.models[key] = resolve_model("sdbatch/tiny-depth" if self.rehearse else spec, self.base, self.hashes)
+        return self.models[key]
 
 
 def build_plan(loaded: LoadedRecipe, out_dir: Path, *, rehearse: bool = False,

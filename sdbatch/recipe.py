@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import (
     BaseModel,
@@ -152,10 +152,22 @@ class Defaults(StageParams):
 class StageBase(StageParams):
     name: Annotated[str, Field(pattern=NAME_PATTERN, max_length=64)]
 
+    #: parameters a list sweeps (cartesian product) for this stage type
+    SWEEPS: ClassVar[tuple[str, ...]] = ("prompt", "negative_prompt", "steps", "guidance", "scheduler")
+    #: True when the stage's output is a video (frames + mp4) rather than one image per job
+    VIDEO: ClassVar[bool] = False
+    #: what the stage reads from upstream stages: "image", "video" or nothing
+    READS: ClassVar[str | None] = None
+
     @property
     def input_names(self) -> list[str]:
+        """Stage names or file patterns this stage reads."""
         value = getattr(self, "input", None)
         return [value] if isinstance(value, str) else []
+
+    def extra_params(self) -> dict[str, Any]:
+        """Type-specific parameters that belong to every job's identity."""
+        return {}
 
 
 class GenerateStage(StageBase):
@@ -168,6 +180,8 @@ class GenerateStage(StageBase):
 class Img2ImgStage(StageBase):
     """img2img: ``input`` is a stage name, or a file / folder / glob relative to the recipe file."""
 
+    SWEEPS = StageBase.SWEEPS + ("strength",)
+    READS = "image"
     type: Literal["img2img"]
     input: str
     prompt: Sweep(Prompt) = [""]
@@ -177,6 +191,8 @@ class Img2ImgStage(StageBase):
 class InpaintStage(StageBase):
     """inpaint: ``mask`` is one file, or a folder/glob matched to inputs by file stem (white = repaint)."""
 
+    SWEEPS = StageBase.SWEEPS + ("strength",)
+    READS = "image"
     type: Literal["inpaint"]
     input: str
     mask: str
@@ -184,11 +200,161 @@ class InpaintStage(StageBase):
     strength: Sweep(Strength) = [1.0]
 
 
-Stage = Annotated[Union[GenerateStage, Img2ImgStage, InpaintStage], Field(discriminator="type")]
+ColorMode = Literal["none", "lab", "hsv", "rgb"]
+NonNegInt = Annotated[StrictInt, Field(ge=0)]
+PosInt = Annotated[StrictInt, Field(gt=0)]
+Fps = Annotated[float, Field(gt=0, le=240)]
+
+
+def _check_schedule(value: Any) -> str:
+    from .animation.schedule import ScheduleError, as_schedule_text, validate_schedule
+
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError("must be a schedule like \"0:(1.0), 30:(1.05)\" or a number")
+    try:
+        validate_schedule(value)
+        return as_schedule_text(value)
+    except ScheduleError as exc:
+        raise ValueError(str(exc)) from None
+
+
+Schedule = Annotated[
+    str,
+    BeforeValidator(_check_schedule),
+    WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "number"}],
+                    "description": "Deforum schedule: \"0:(1.0), 30:(1.05)\"; a value may be an expression in t"}),
+]
+
+
+class Coherence(_Model):
+    """Restyle coherence: blend the previous restyled frame (flow-warped) and match colours."""
+
+    flow: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    color: ColorMode = "none"
+
+
+class RestyleStage(StageBase):
+    """A video in, a restyled video out: per-frame img2img with coherence and the source's sound."""
+
+    SWEEPS = StageBase.SWEEPS + ("strength",)
+    VIDEO = True
+    READS = "video"
+    type: Literal["restyle"]
+    input: str
+    prompt: Sweep(Prompt) = [""]
+    strength: Sweep(Strength) = [0.5]
+    seed_behavior: Literal["fixed", "iter"] = "fixed"
+    every_nth_frame: PosInt = 1
+    start_frame: NonNegInt = 0
+    end_frame: NonNegInt | None = None
+    coherence: Coherence = Coherence()
+    audio: Literal["keep", "drop"] = "keep"
+
+    @model_validator(mode="after")
+    def _range(self) -> "RestyleStage":
+        if self.end_frame is not None and self.end_frame <= self.start_frame:
+            raise ValueError(f"end_frame ({self.end_frame}) must be after start_frame ({self.start_frame})")
+        return self
+
+    def extra_params(self) -> dict[str, Any]:
+        return {"every_nth_frame": self.every_nth_frame, "start_frame": self.start_frame,
+                "end_frame": self.end_frame, "coherence": self.coherence.model_dump(), "audio": self.audio,
+                "seed_behavior": self.seed_behavior}
+
+
+class Motion(_Model):
+    """Camera motion; every value is a schedule (per frame)."""
+
+    angle: Schedule = "0:(0)"
+    zoom: Schedule = "0:(1.0)"
+    translation_x: Schedule = "0:(0)"
+    translation_y: Schedule = "0:(0)"
+    translation_z: Schedule = "0:(0)"
+    rotation_3d_x: Schedule = "0:(0)"
+    rotation_3d_y: Schedule = "0:(0)"
+    rotation_3d_z: Schedule = "0:(0)"
+    fov: Schedule = "0:(40)"
+
+
+class AnimateStage(StageBase):
+    """2D/3D camera-motion animation with Deforum schedules (strength in diffusers' sense)."""
+
+    SWEEPS = ("prompt", "negative_prompt", "steps", "scheduler")
+    VIDEO = True
+    READS = "image"
+    type: Literal["animate"]
+    mode: Literal["2d", "3d"] = "2d"
+    frames: Annotated[StrictInt, Field(gt=0, le=100_000)]
+    fps: Fps = 15.0
+    prompt: Sweep(Prompt) | None = None
+    prompts: dict[NonNegInt, str] | None = None
+    init: str | None = None
+    seed_behavior: Literal["iter", "fixed", "random", "ladder", "alternate"] = "iter"
+    strength: Schedule = "0:(0.35)"
+    noise: Schedule = "0:(0.02)"
+    contrast: Schedule = "0:(1.0)"
+    guidance: Schedule = "0:(7.5)"  # type: ignore[assignment]
+    color_coherence: ColorMode = "lab"
+    cadence: Annotated[StrictInt, Field(gt=0, le=1000)] = 1
+    border: Literal["replicate", "wrap"] = "replicate"
+    depth_model: str = "depth-anything/Depth-Anything-V2-Small-hf"
+    motion: Motion = Motion()
+
+    @model_validator(mode="after")
+    def _prompt_or_prompts(self) -> "AnimateStage":
+        if (self.prompt is None) == (self.prompts is None):
+            raise ValueError("give either 'prompt' or 'prompts' ({frame: prompt, ...})")
+        if self.prompts is not None and not self.prompts:
+            raise ValueError("'prompts' must not be empty")
+        return self
+
+    @property
+    def input_names(self) -> list[str]:
+        return [self.init] if self.init else []
+
+    def extra_params(self) -> dict[str, Any]:
+        return {"mode": self.mode, "frames": self.frames, "fps": self.fps,
+                "prompts": {str(k): v for k, v in sorted((self.prompts or {}).items())} or None,
+                "seed_behavior": self.seed_behavior, "strength": self.strength, "noise": self.noise,
+                "contrast": self.contrast, "guidance": self.guidance, "color_coherence": self.color_coherence,
+                "cadence": self.cadence, "border": self.border, "motion": self.motion.model_dump()}
+
+
+class InterpolateStage(StageBase):
+    """A "dream" video: frames walk the slerp path between seeds' initial noises (and prompts' embeddings)."""
+
+    SWEEPS = ("prompt", "negative_prompt", "steps", "guidance", "scheduler")
+    VIDEO = True
+    type: Literal["interpolate"]
+    prompt: Sweep(Prompt) | None = None
+    prompts: list[str] | None = None
+    seeds: Annotated[list[StrictInt], Field(min_length=2)]  # type: ignore[assignment]
+    frames: Annotated[StrictInt, Field(ge=2, le=100_000)]
+    fps: Fps = 12.0
+
+    @model_validator(mode="after")
+    def _prompts_match_seeds(self) -> "InterpolateStage":
+        if (self.prompt is None) == (self.prompts is None):
+            raise ValueError("give either 'prompt' or 'prompts' (one per seed)")
+        if self.prompts is not None and len(self.prompts) != len(self.seeds):
+            raise ValueError(f"'prompts' has {len(self.prompts)} entries but 'seeds' has {len(self.seeds)}")
+        return self
+
+    def extra_params(self) -> dict[str, Any]:
+        return {"seeds": list(self.seeds), "prompts": self.prompts, "frames": self.frames, "fps": self.fps}
+
+
+Stage = Annotated[
+    Union[GenerateStage, Img2ImgStage, InpaintStage, RestyleStage, AnimateStage, InterpolateStage],
+    Field(discriminator="type"),
+]
 STAGE_MODELS: dict[str, type[StageBase]] = {
     "generate": GenerateStage,
     "img2img": Img2ImgStage,
     "inpaint": InpaintStage,
+    "restyle": RestyleStage,
+    "animate": AnimateStage,
+    "interpolate": InterpolateStage,
 }
 SWEEP_KEYS = ("prompt", "negative_prompt", "steps", "guidance", "strength", "scheduler")
 

@@ -69,21 +69,28 @@ def done_jobs(plan: Plan, manifest: Manifest) -> dict[str, dict[str, Any]]:
 
 
 def adopt_orphans(plan: Plan, manifest: Manifest, done: dict[str, dict[str, Any]]) -> int:
-    """Record outputs that were written but not yet recorded when a run was killed."""
+    """Record outputs (images, video frames) written but not yet recorded when a run was killed."""
+    recorded = {(r.get("job_id"), r.get("path")) for r in manifest.records() if r.get("kind") == "output"}
     adopted = 0
     for job in plan.jobs:
         if job.job_id in done:
             continue
-        path = plan.out_dir / job.output
-        if path.suffix.lower() != ".png" or not path.is_file():
-            continue
-        record = read_png_record(path)
-        if not record or record.get("job_id") != job.job_id or record.get("path") != job.output:
-            continue
-        record["sha256"] = sha256_file(path)
-        manifest.append(record)
-        done[job.job_id] = record
-        adopted += 1
+        candidates = [plan.out_dir / job.output]
+        if not job.output.endswith(".png"):
+            frames = plan.out_dir / job.frames_dir
+            candidates = sorted(frames.glob("*.png")) if frames.is_dir() else []
+        for path in candidates:
+            rel = path.relative_to(plan.out_dir).as_posix()
+            if (job.job_id, rel) in recorded or not path.is_file():
+                continue
+            record = read_png_record(path)
+            if not record or record.get("job_id") != job.job_id or record.get("path") != rel:
+                continue
+            record["sha256"] = sha256_file(path)
+            manifest.append(record)
+            adopted += 1
+            if rel == job.output:
+                done[job.job_id] = record
     return adopted
 
 
@@ -229,6 +236,8 @@ def run_plan(loaded: LoadedRecipe, plan: Plan, *, force: bool = False, only: lis
                      "pid": os.getpid()})
     stop = threading.Event()
     sink = RunSink(manifest, plan, reporter, stats, stop)
+    if not force:
+        sink.recorded = {(r.get("job_id"), r.get("path")) for r in manifest.records() if r.get("kind") == "output"}
     interrupted = False
     started = time.time()
     reporter.start(len(todo), sum(s.done_before for s in stats.values()))

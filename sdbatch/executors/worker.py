@@ -172,6 +172,11 @@ class JobWorker:
             "seconds": round(seconds, 4),
             "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
+        if "scheduler" in job.params:
+            try:
+                record["sampler"] = self.models.sampler_name(job)
+            except Exception:  # noqa: BLE001 - a stage that loaded no pipeline has no sampler
+                pass
         record.update(item.extra)
         return record
 

@@ -16,6 +16,9 @@ STAGE_MODULES = {
     "generate": "sdbatch.stages.generate",
     "img2img": "sdbatch.stages.img2img",
     "inpaint": "sdbatch.stages.inpaint",
+    "restyle": "sdbatch.stages.restyle",
+    "animate": "sdbatch.stages.animate",
+    "interpolate": "sdbatch.stages.interpolate",
 }
 
 
