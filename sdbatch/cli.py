@@ -152,14 +152,19 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _fetch_models(loaded: Any, plan: Any, out_dir: Path, rehearse: bool) -> Any:
     """Download hub models not yet cached (so job ids use their commit), then plan again."""
-    missing = {job.model.id: job.model for job in plan.jobs if job.model.source == "hub" and not job.model.path}
+    missing = {job.model.id: (job.model, True) for job in plan.jobs
+               if job.model.source == "hub" and not job.model.path}
+    for job in plan.jobs:
+        for aux in job.aux_models.values():
+            if aux.source == "hub" and not aux.path:
+                missing[aux.id] = (aux, False)
     if not missing:
         return plan
     from .models import ModelUnavailable, fetch_hub_model
 
-    for model in missing.values():
+    for model, is_pipeline in missing.values():
         try:
-            fetch_hub_model(model)
+            fetch_hub_model(model, pipeline=is_pipeline)
         except ModelUnavailable as exc:
             raise UsageError(f"error: {exc}") from None
     return _plan(loaded, out_dir, rehearse)

@@ -62,7 +62,7 @@ def resolve_dtype(dtype: str, device: str) -> Any:
     return getattr(torch, dtype)
 
 
-def fetch_hub_model(model: ModelRef) -> ModelRef:
+def fetch_hub_model(model: ModelRef, pipeline: bool = True) -> ModelRef:
     """Download (or find in the cache) a hub model; return it with its commit and snapshot folder.
 
     The token comes from ``HF_TOKEN`` or ``hf auth login``, handled by huggingface_hub; it is never logged.
@@ -71,9 +71,14 @@ def fetch_hub_model(model: ModelRef) -> ModelRef:
         return model
     revision = model.revision.removeprefix("unresolved:")
     try:
-        from diffusers import DiffusionPipeline
+        if pipeline:
+            from diffusers import DiffusionPipeline
 
-        folder = Path(DiffusionPipeline.download(model.id, revision=revision))
+            folder = Path(DiffusionPipeline.download(model.id, revision=revision))
+        else:
+            from huggingface_hub import snapshot_download
+
+            folder = Path(snapshot_download(model.id, revision=revision))
     except Exception as exc:  # noqa: BLE001 - any fetch failure becomes one line
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelUnavailable(
@@ -98,6 +103,13 @@ class ModelBank:
         self._tasks: dict[tuple[LoadKey, str], Any] = {}
         self._schedulers: dict[tuple[LoadKey, str], Any] = {}
         self._default_schedulers: dict[LoadKey, Any] = {}
+        self._others: dict[Any, Any] = {}
+
+    def get_or_load(self, key: Any, load: Any) -> Any:
+        """Any other model (a depth estimator, ...) loaded once per process under ``key``."""
+        if key not in self._others:
+            self._others[key] = load()
+        return self._others[key]
 
     def key(self, job: Job) -> LoadKey:
         device = resolve_device(job.device)

@@ -150,6 +150,7 @@ class Job:
     inputs: list[InputRef] = field(default_factory=list)
     mask: InputRef | None = None
     options: dict[str, Any] = field(default_factory=dict)  # performance options: not part of the id
+    aux_models: dict[str, ModelRef] = field(default_factory=dict)  # e.g. {"depth": ...} (in params by identity)
 
     @property
     def deps(self) -> list[str]:
@@ -352,8 +353,10 @@ class _Planner:
         seed_path = stage.type == "interpolate"  # its seeds are the path, not a sweep
         own_seeds = [stage.seeds[0]] if seed_path else stage_seeds(stage)  # type: ignore[index]
         extra = stage.extra_params()
+        aux: dict[str, ModelRef] = {}
         if stage.type == "animate" and stage.mode == "3d":  # type: ignore[attr-defined]
-            extra["depth_model"] = self.depth_model(stage.depth_model).identity()  # type: ignore[attr-defined]
+            aux["depth"] = self.depth_model(stage.depth_model)  # type: ignore[attr-defined]
+            extra["depth_model"] = aux["depth"].identity()
         options = {k: getattr(stage, k) for k in ("attention", "channels_last", "compile", "vae_tiling", "offload",
                                                  "tf32", "batch_size") if getattr(stage, k) is not None}
         jobs: list[Job] = []
@@ -413,7 +416,7 @@ class _Planner:
                     job_id = job_id_of(identity)
                     jobs.append(Job(job_id, stage.name, stage.type, prompt, combo["negative_prompt"], seed,
                                     dict(params), model, device, dtype, "",
-                                    [source] if source else [], mask, options))
+                                    [source] if source else [], mask, options, dict(aux)))
         for job in jobs:
             prompts = job.params.get("prompts") or {}
             first = next(iter(prompts.values() if isinstance(prompts, dict) else prompts), "")
