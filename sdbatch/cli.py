@@ -103,8 +103,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     done = done_jobs(plan, Manifest(out_dir / MANIFEST_NAME))
     if args.json:
         jobs = [job.to_json("done" if job.job_id in done else "pending") for job in plan.jobs]
-        json.dump({"recipe": str(args.recipe), "out": str(out_dir), "jobs": jobs}, sys.stdout, ensure_ascii=False)
-        sys.stdout.write("\n")
+        # json.dumps uses the C encoder; json.dump to a stream does not
+        sys.stdout.write(json.dumps({"recipe": str(args.recipe), "out": str(out_dir), "jobs": jobs},
+                                    ensure_ascii=False) + "\n")
         return EXIT_OK
     for job in plan.jobs:
         status = "done" if job.job_id in done else "pending"
@@ -138,7 +139,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     plan = _fetch_models(loaded, plan, out_dir, args.rehearse)
 
     from .progress import Reporter
+    from .quiet import quiet_libraries
     from .runner import run_plan
+
+    quiet_libraries()
 
     reporter = Reporter()
     options = {"workers": args.workers} if args.workers else {}
@@ -161,7 +165,9 @@ def _fetch_models(loaded: Any, plan: Any, out_dir: Path, rehearse: bool) -> Any:
     if not missing:
         return plan
     from .models import ModelUnavailable, fetch_hub_model
+    from .quiet import quiet_libraries
 
+    quiet_libraries()
     for model, is_pipeline in missing.values():
         try:
             fetch_hub_model(model, pipeline=is_pipeline)

@@ -166,7 +166,8 @@ class Job:
         """Jobs with equal keys may be rendered in one batch."""
         p = self.params
         return (self.stage, self.model.identity(), self.device, self.dtype, p.get("width"), p.get("height"),
-                p.get("steps"), p.get("scheduler"), p.get("guidance"), p.get("strength"))
+                p.get("steps"), p.get("scheduler"), p.get("guidance"), p.get("strength"),
+                json.dumps(p.get("loras")), p.get("vae"), p.get("pipeline_config"))
 
     def to_json(self, status: str | None = None) -> dict[str, Any]:
         data = {
@@ -212,9 +213,17 @@ def slugify(text: str, limit: int = 40) -> str:
     return slug[:limit].rstrip("-") or "image"
 
 
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def job_id_of(identity: dict[str, Any]) -> str:
-    blob = json.dumps(identity, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(blob.encode()).hexdigest()
+    """sha256 of everything that determines a job's pixels except its seed, then the seed."""
+    identity = dict(identity)
+    seed = identity.pop("seed")
+    digest = hashlib.sha256(canonical_json(identity).encode())
+    digest.update(f"\0seed={seed}".encode())
+    return digest.hexdigest()
 
 
 def stage_order(loaded: LoadedRecipe) -> list[str]:
@@ -357,8 +366,14 @@ class _Planner:
         if stage.type == "animate" and stage.mode == "3d":  # type: ignore[attr-defined]
             aux["depth"] = self.depth_model(stage.depth_model)  # type: ignore[attr-defined]
             extra["depth_model"] = aux["depth"].identity()
+        if not self.rehearse:  # LoRAs / VAE for the real model would not fit the tiny stand-in
+            aux.update(self.model_sources(stage, model, extra))
         options = {k: getattr(stage, k) for k in ("attention", "channels_last", "compile", "vae_tiling", "offload",
                                                  "tf32", "batch_size") if getattr(stage, k) is not None}
+        if stage.previews and not stage.VIDEO:
+            options["previews"] = stage.previews
+        if recipe.allow_pickle:
+            options["allow_pickle"] = True
         jobs: list[Job] = []
         for source, inherited_seed, in_size in self.sources(index, stage):
             if stage.READS == "video" and source is None:
@@ -399,28 +414,32 @@ class _Planner:
                 if self.rehearse and "frames" in params and stage.type == "animate":
                     params["frames"] = min(params["frames"], REHEARSE_MAX_FRAMES)
                 prompt = combo.get("prompt") or ""
+                shared = {
+                    "v": PLAN_VERSION,
+                    "stage": stage.name,
+                    "type": stage.type,
+                    "model": model.identity(),
+                    "dtype": dtype,
+                    "prompt": prompt,
+                    "negative_prompt": combo["negative_prompt"],
+                    "params": params,
+                    "inputs": [source.identity()] if source else [],
+                    "mask": mask.identity() if mask else None,
+                }
+                base = hashlib.sha256(canonical_json(shared).encode())
                 for seed in seeds:
-                    identity = {
-                        "v": PLAN_VERSION,
-                        "stage": stage.name,
-                        "type": stage.type,
-                        "model": model.identity(),
-                        "dtype": dtype,
-                        "prompt": prompt,
-                        "negative_prompt": combo["negative_prompt"],
-                        "seed": seed,
-                        "params": params,
-                        "inputs": [source.identity()] if source else [],
-                        "mask": mask.identity() if mask else None,
-                    }
-                    job_id = job_id_of(identity)
-                    jobs.append(Job(job_id, stage.name, stage.type, prompt, combo["negative_prompt"], seed,
+                    digest = base.copy()
+                    digest.update(f"\0seed={seed}".encode())
+                    jobs.append(Job(digest.hexdigest(), stage.name, stage.type, prompt, combo["negative_prompt"], seed,
                                     dict(params), model, device, dtype, "",
-                                    [source] if source else [], mask, options, dict(aux)))
+                                    [source] if source else [], mask, options, aux))
+        slugs: dict[str, str] = {}
         for job in jobs:
-            prompts = job.params.get("prompts") or {}
-            first = next(iter(prompts.values() if isinstance(prompts, dict) else prompts), "")
-            slug = f"{slugify(job.prompt or first or stage.name)}-{job.seed}-{job.job_id[:8]}"
+            if job.prompt not in slugs:
+                prompts = job.params.get("prompts") or {}
+                first = next(iter(prompts.values() if isinstance(prompts, dict) else prompts), "")
+                slugs[job.prompt] = slugify(job.prompt or first or stage.name)
+            slug = f"{slugs[job.prompt]}-{job.seed}-{job.job_id[:8]}"
             if not stage.VIDEO:
                 job.output = f"{stage.name}/{slug}.png"
             elif len(jobs) == 1:
@@ -428,6 +447,46 @@ class _Planner:
             else:
                 job.output = f"{stage.name}/{slug}/{stage.name}.mp4"
         return jobs
+
+    def model_sources(self, stage: StageBase, model: ModelRef, extra: dict[str, Any]) -> dict[str, ModelRef]:
+        """LoRAs, VAE override and single-file pipeline config: into ``extra`` (identity) and aux models."""
+        aux: dict[str, ModelRef] = {}
+        if stage.loras:
+            extra["loras"] = []
+            for lora in stage.loras:
+                ref = self.aux_file(lora.path)
+                aux[f"lora:{ref.revision}"] = ref
+                extra["loras"].append({"path": lora.path, "sha256": ref.revision, "weight": float(lora.weight)})
+        if stage.vae:
+            key = "vae:" + stage.vae
+            if key not in self.models:
+                self.models[key] = resolve_model(stage.vae, self.base, self.hashes)
+            aux["vae"] = self.models[key]
+            extra["vae"] = aux["vae"].identity()
+        config = stage.pipeline_config or self.recipe.pipeline_config
+        if config and model.source == "file":
+            aux["pipeline_config"] = self.config_ref(config)
+            extra["pipeline_config"] = config
+        return aux
+
+    def aux_file(self, spec: str) -> ModelRef:
+        key = "file:" + spec
+        if key not in self.models:
+            path = Path(spec).expanduser()
+            path = path if path.is_absolute() else self.base / path
+            self.models[key] = ModelRef(spec, self.hashes.file(path), "file", str(path))
+        return self.models[key]
+
+    def config_ref(self, spec: str) -> ModelRef:
+        """Where a single-file model's pipeline configs come from (a hub id is fetched by diffusers: configs only)."""
+        from .tiny import BUILTIN_MODELS
+
+        if spec.startswith("sdbatch/"):
+            return ModelRef(spec, BUILTIN_MODELS[spec], "builtin")
+        local = local_model_path(spec, self.base)
+        if local is not None:
+            return ModelRef(spec, "local", "folder", str(local))
+        return ModelRef(spec, "configs", "hub-config", None)
 
     def depth_model(self, spec: str) -> ModelRef:
         key = "depth:" + spec

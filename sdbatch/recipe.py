@@ -99,6 +99,24 @@ class SeedRange(_Model):
     count: Annotated[StrictInt, Field(gt=0, le=10_000_000)]
 
 
+def _lora_shorthand(value: Any) -> Any:
+    return {"path": value} if isinstance(value, str) else value
+
+
+class Lora(_Model):
+    """``loras: [{path: style.safetensors, weight: 0.8}]`` (or just ``[style.safetensors]``).
+
+    ``path`` is a LoRA weights file relative to the recipe file (.safetensors; pickle formats need
+    ``allow_pickle: true``). Its sha256 and ``weight`` are part of a job's identity.
+    """
+
+    path: Annotated[str, Field(min_length=1)]
+    weight: Annotated[float, Field(ge=-20.0, le=20.0)] = 1.0
+
+
+LoraItem = Annotated[Lora, BeforeValidator(_lora_shorthand)]
+
+
 # ------------------------------------------------------------------------------- stage parameters
 class StageParams(_Model):
     """Parameters any stage may take; also the shape of ``defaults`` (all optional there)."""
@@ -123,6 +141,13 @@ class StageParams(_Model):
     vae_tiling: StrictBool | None = None
     offload: Literal["none", "model", "sequential"] | None = None
     tf32: StrictBool | None = None
+    # model sources (part of a job's identity)
+    loras: list[LoraItem] | None = None
+    vae: str | None = None  # AutoencoderKL: diffusers folder, hub id, or .safetensors file
+    pipeline_config: str | None = None  # configs for a single-file model: folder / hub id / built-in
+    # still-image stages: save the decoded image every N denoising steps under <stage>/previews/
+    # (extra files; not part of a job's identity)
+    previews: Annotated[StrictInt, Field(ge=1, le=10000)] | None = None
 
     @field_validator("width", "height")
     @classmethod
@@ -367,6 +392,8 @@ class Recipe(_Model):
     device: DeviceName = "auto"
     dtype: DtypeName = "auto"
     executor: Literal["local", "ray"] = "local"
+    pipeline_config: str | None = None  # for a single-file top-level model (a stage's own value wins)
+    allow_pickle: StrictBool = False  # load pickle checkpoints (.ckpt/.pt/.bin): they can run code
     defaults: Defaults = Defaults()
     stages: Annotated[list[Stage], Field(min_length=1)]
 
@@ -545,8 +572,6 @@ def parse_recipe(text: str, path: Path, overrides: list[str] | None = None) -> L
     if problems:
         raise RecipeError(file, problems)
     raw.setdefault("name", path.stem)
-    if "name" not in lines:
-        lines[("name",)] = 0
     origins = _merge_defaults(raw)
     try:
         recipe = Recipe.model_validate(raw)
@@ -678,10 +703,102 @@ def _check_files(loaded: LoadedRecipe) -> list[Problem]:
                                                 + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")))
         model = stage.model or recipe.model
         if model:
-            problem = check_model_spec(model, base)
+            problem = check_model_spec(model, base, allow_pickle=recipe.allow_pickle)
             if problem:
                 where = ("stages", i, "model") if stage.model and ("stages", i, "model") in loaded.lines else ("model",)
                 problems.append(Problem(_line(loaded, *where), format_path(where), problem))
+        problems.extend(_check_sources(loaded, i, stage))
+    return problems
+
+
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+PICKLE_ADVICE = ("pickle files can run code when loaded; convert it to .safetensors, or set "
+                 "'allow_pickle: true' at the top level of the recipe if you trust it")
+
+
+def _where(loaded: LoadedRecipe, i: int, *path: Any) -> tuple[int, str]:
+    """(line, shown path) of a stage value that may have come from ``defaults``."""
+    own = ("stages", i) + path
+    if own[:3] in loaded.lines:
+        return _line(loaded, *own), format_path(own)
+    if ("defaults",) + path[:1] in loaded.lines:
+        return _line(loaded, "defaults", *path), f"{format_path(own)} (from {format_path(('defaults',) + path)})"
+    return _line(loaded, "stages", i), format_path(own)
+
+
+def check_weights_file(spec: str, base_dir: Path, allow_pickle: bool, what: str) -> str | None:
+    """A problem with a local weights file (a LoRA), or None."""
+    path = Path(spec).expanduser()
+    path = path if path.is_absolute() else base_dir / path
+    if not path.is_file():
+        return f"{spec!r}: no such {what} file (relative to {base_dir})"
+    suffix = path.suffix.lower()
+    if suffix in PICKLE_SUFFIXES and not allow_pickle:
+        return f"{spec!r}: {PICKLE_ADVICE}"
+    if suffix != ".safetensors" and suffix not in PICKLE_SUFFIXES:
+        return f"{spec!r}: a {what} file must be .safetensors"
+    return None
+
+
+def check_vae_spec(spec: str, base_dir: Path, allow_pickle: bool) -> str | None:
+    """A problem with a ``vae:`` value (diffusers folder, hub id or weights file), or None."""
+    path = local_model_path(spec, base_dir)
+    if path is not None:
+        if path.is_file():
+            return check_weights_file(spec, base_dir, allow_pickle, "VAE")
+        if not (path / "config.json").is_file() and not (path / "vae" / "config.json").is_file():
+            return f"{spec!r}: folder is not a diffusers AutoencoderKL (no config.json or vae/config.json)"
+        return None
+    if spec.startswith("sdbatch/"):
+        from .tiny import BUILTIN_MODELS
+
+        return None if spec in BUILTIN_MODELS else f"unknown built-in model {spec!r}"
+    if Path(spec).suffix.lower() in (".safetensors",) + PICKLE_SUFFIXES or spec.startswith((".", "/", "~")):
+        return f"{spec!r}: no such VAE file or folder (relative to {base_dir})"
+    if not HUB_ID.match(spec):
+        return f"{spec!r} is neither a local VAE file/folder nor a hub id like 'org/name'"
+    return None
+
+
+def check_pipeline_config(spec: str, base_dir: Path) -> str | None:
+    """A problem with a ``pipeline_config:`` value (folder with model_index.json, hub id, built-in), or None."""
+    if spec.startswith("sdbatch/"):
+        from .tiny import BUILTIN_MODELS
+
+        return None if spec in BUILTIN_MODELS else f"unknown built-in model {spec!r}"
+    path = local_model_path(spec, base_dir)
+    if path is not None:
+        if not (path / "model_index.json").is_file():
+            return f"{spec!r}: not a diffusers pipeline folder (no model_index.json)"
+        return None
+    if spec.startswith((".", "/", "~")) or not HUB_ID.match(spec):
+        return f"{spec!r}: no such folder (relative to {base_dir}) and not a hub id like 'org/name'"
+    return None
+
+
+def _check_sources(loaded: LoadedRecipe, i: int, stage: StageBase) -> list[Problem]:
+    """LoRA files, VAE and pipeline config of stage ``i``."""
+    recipe, base = loaded.recipe, loaded.base_dir
+    problems = []
+    for j, lora in enumerate(stage.loras or []):
+        problem = check_weights_file(lora.path, base, recipe.allow_pickle, "LoRA")
+        if problem:
+            line, shown = _where(loaded, i, "loras", j, "path")
+            problems.append(Problem(line, shown, problem))
+    if stage.vae:
+        problem = check_vae_spec(stage.vae, base, recipe.allow_pickle)
+        if problem:
+            line, shown = _where(loaded, i, "vae")
+            problems.append(Problem(line, shown, problem))
+    if stage.pipeline_config:
+        problem = check_pipeline_config(stage.pipeline_config, base)
+        if problem:
+            line, shown = _where(loaded, i, "pipeline_config")
+            problems.append(Problem(line, shown, problem))
+    if recipe.pipeline_config and i == 0:  # the top-level value, checked once
+        problem = check_pipeline_config(recipe.pipeline_config, base)
+        if problem:
+            problems.append(Problem(_line(loaded, "pipeline_config"), "pipeline_config", problem))
     return problems
 
 
@@ -700,7 +817,7 @@ def local_model_path(spec: str, base_dir: Path) -> Path | None:
     return None
 
 
-def check_model_spec(spec: str, base_dir: Path) -> str | None:
+def check_model_spec(spec: str, base_dir: Path, allow_pickle: bool = False) -> str | None:
     """A problem with a model spec that can be seen without loading it, or None."""
     from .tiny import BUILTIN_MODELS
 
@@ -710,6 +827,8 @@ def check_model_spec(spec: str, base_dir: Path) -> str | None:
     if path is not None:
         if path.is_file() and path.suffix.lower() not in (".safetensors", ".ckpt", ".pt", ".bin"):
             return f"{spec!r}: a model file must be .safetensors (or .ckpt with allow_pickle)"
+        if path.is_file() and path.suffix.lower() != ".safetensors" and not allow_pickle:
+            return f"{spec!r} is a pickle checkpoint: {PICKLE_ADVICE}"
         if path.is_dir() and not (path / "model_index.json").exists() and not (path / "config.json").exists():
             return f"{spec!r}: folder is not a diffusers model (no model_index.json)"
         return None

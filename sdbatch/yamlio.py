@@ -117,8 +117,12 @@ def load_yaml(text: str) -> tuple[Any, dict[Path_, int]]:
         node = loader.get_single_node()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else 0
         problem = exc.problem or exc.context or "syntax error"
+        if exc.context_mark is not None and exc.problem_mark is not None and "<stream end>" in (exc.problem or ""):
+            # an unclosed bracket or quote: point at where it was opened
+            mark = exc.context_mark
+            problem = f"{exc.context} that is never closed ({exc.problem})"
+        line = mark.line + 1 if mark else 0
         raise YamlError(line, f"YAML syntax error: {problem}") from None
     except yaml.YAMLError as exc:
         raise YamlError(0, f"YAML error: {exc}") from None

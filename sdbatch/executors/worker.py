@@ -84,7 +84,10 @@ class JobWorker:
 
     def __init__(self, run: RunInfo):
         from ..models import ModelBank
+        from ..quiet import quiet_libraries
         from ..stages.base import StageContext
+
+        quiet_libraries()
 
         self.run = run
         self.models = ModelBank()
