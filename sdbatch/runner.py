@@ -130,6 +130,7 @@ class RunSink:
     stop_event: threading.Event
     recorded: set[tuple[str, str]] = field(default_factory=set)
     failures: list[tuple[str, str, str]] = field(default_factory=list)
+    lock: threading.RLock = field(default_factory=threading.RLock)  # the writer thread emits too
 
     def stop_requested(self) -> bool:
         return self.stop_event.is_set()
@@ -138,13 +139,18 @@ class RunSink:
         self.progress.current(jobs[0].stage, len(jobs))
 
     def output(self, record: dict[str, Any]) -> None:
-        key = (record["job_id"], record["path"])
-        if key in self.recorded:
-            return  # a retried job (e.g. a lost Ray worker) must not be recorded twice
-        self.recorded.add(key)
-        self.manifest.append(record)
+        with self.lock:
+            key = (record["job_id"], record["path"])
+            if key in self.recorded:
+                return  # a retried job (e.g. a lost Ray worker) must not be recorded twice
+            self.recorded.add(key)
+            self.manifest.append(record)
 
     def finished(self, result: Any) -> None:
+        with self.lock:
+            self._finished(result)
+
+    def _finished(self, result: Any) -> None:
         job = self.plan.index[result.job_id]
         if result.error:
             self.stats[job.stage].failed += 1
@@ -159,6 +165,10 @@ class RunSink:
             self.progress.done(job, result.seconds)
 
     def skipped(self, job: Job, reason: str) -> None:
+        with self.lock:
+            self._skipped(job, reason)
+
+    def _skipped(self, job: Job, reason: str) -> None:
         self.stats[job.stage].skipped += 1
         self.manifest.append({"kind": "skipped", "job_id": job.job_id, "stage": job.stage, "path": job.output,
                               "reason": reason, "time": now_iso()})

@@ -72,6 +72,49 @@ def _free_device_memory() -> None:
         pass
 
 
+def _done_future(value: Any) -> Any:
+    from concurrent.futures import Future
+
+    future: Future = Future()
+    future.set_result(value)
+    return future
+
+
+class PendingBatch:
+    """The outcome of a submitted batch: one future per job (a JobResult), or an error."""
+
+    def __init__(self, batch: list[Job]):
+        self.batch = batch
+        self.futures: dict[str, Any] = {}
+        self.errors: dict[str, str] = {}
+        self.records: dict[str, list[dict[str, Any]]] = {}
+
+    def merge(self, other: "PendingBatch") -> None:
+        self.futures.update(other.futures)
+        self.errors.update(other.errors)
+        for job_id, records in other.records.items():
+            self.records.setdefault(job_id, []).extend(records)
+
+    def done(self) -> bool:
+        return all(f.done() for f in self.futures.values())
+
+    def results(self) -> list[JobResult]:
+        """Wait for the writes; one JobResult per job, in batch order."""
+        out = []
+        for job in self.batch:
+            if job.job_id in self.errors:
+                out.append(JobResult(job.job_id, self.records.get(job.job_id, []), self.errors[job.job_id]))
+                continue
+            try:
+                result = self.futures[job.job_id].result()
+                if job.job_id in self.records and result.records is not self.records[job.job_id]:
+                    result = JobResult(job.job_id, self.records[job.job_id] + result.records, None, result.seconds)
+                out.append(result)
+            except Exception as exc:  # noqa: BLE001 - a failed write fails its job only
+                out.append(JobResult(job.job_id, [], describe_error(exc)))
+        return out
+
+
 class JobWorker:
     """Renders batches of jobs. ``worker(batch, emit)`` returns one :class:`JobResult` per job.
 
@@ -92,53 +135,78 @@ class JobWorker:
         self.run = run
         self.models = ModelBank()
         self.ctx = StageContext(self.models, Path(run.out_dir), Path(run.base_dir))
+        self._pool = None
 
     def __call__(self, batch: list[Job], emit: Emit | None = None) -> list[JobResult]:
-        results: dict[str, JobResult] = {}
+        """Render ``batch`` and return when every output is on disk (what Ray workers use)."""
+        return self.submit(batch, emit).results()
+
+    def submit(self, batch: list[Job], emit: Emit | None = None) -> "PendingBatch":
+        """Render ``batch`` now; image files are encoded, hashed and written by a background writer.
+
+        The returned :class:`PendingBatch` resolves once they are on disk, so the next batch renders
+        meanwhile. Video stages write synchronously (each frame is read back as saved).
+        """
+        pending = PendingBatch(batch)
         try:
-            self._render(batch, emit, results)
+            self._render(batch, emit, pending)
         except Exception as exc:  # noqa: BLE001 - a failing job must not stop the batch
             _free_device_memory()
+            if _debug():
+                traceback.print_exc()
+            unfinished = [job for job in batch if job.job_id not in pending.futures]
             if len(batch) > 1:
                 # isolate the failure: render the unfinished jobs one at a time
-                for job in batch:
-                    if job.job_id not in results:
-                        results.update({r.job_id: r for r in self([job], emit)})
+                for job in unfinished:
+                    pending.merge(self.submit([job], emit))
             else:
-                job = batch[0]
-                results[job.job_id] = JobResult(job.job_id, results.get(job.job_id, JobResult(job.job_id)).records,
-                                                describe_error(exc))
-                if _debug():
-                    traceback.print_exc()
-        return [results[job.job_id] for job in batch if job.job_id in results]
+                for job in unfinished:
+                    pending.errors[job.job_id] = describe_error(exc)
+        return pending
 
-    def _render(self, batch: list[Job], emit: Emit | None, results: dict[str, JobResult]) -> None:
+    def _writer(self) -> Any:
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sdbatch-writer")
+        return self._pool
+
+    def _render(self, batch: list[Job], emit: Emit | None, pending: "PendingBatch") -> None:
         from ..stages import stage_entry
 
         render = stage_entry(batch[0].type)
         start = time.perf_counter()
-        pending: dict[str, list[dict[str, Any]]] = {job.job_id: [] for job in batch}
         last = start
         for item in render(batch, self.ctx):
             now = time.perf_counter()
             seconds = (now - last) if len(batch) == 1 else (now - start) / len(batch)
+            last = now
             record = self._record(item, seconds)
-            target = Path(self.run.out_dir) / item.path
-            if item.image is not None:
-                record["sha256"] = save_png(target, item.image, record)
-            else:
-                record["sha256"] = sha256_file(item.file)
-                move_into_place(item.file, target)
-            last = time.perf_counter()
-            pending[item.job.job_id].append(record)
-            if emit is not None:
-                emit(record)
-            if item.path == item.job.output:
-                results[item.job.job_id] = JobResult(item.job.job_id, pending[item.job.job_id],
-                                                     seconds=last - start)
-        for job in batch:
-            if job.job_id not in results:
-                raise RuntimeError(f"stage {job.type!r} produced no final output for {job.output}")
+            job = item.job
+            is_final = item.path == job.output
+            if is_final and item.image is not None:
+                # a single-image job: hand encoding, hashing, the atomic write and the manifest line to the writer
+                pending.futures[job.job_id] = self._writer().submit(self._write, item, record, emit, start)
+                continue
+            self._write(item, record, emit, start)
+            pending.records.setdefault(job.job_id, []).append(record)
+            if is_final:
+                pending.futures[job.job_id] = _done_future(JobResult(job.job_id, pending.records[job.job_id],
+                                                                     seconds=time.perf_counter() - start))
+        missing = [job for job in batch if job.job_id not in pending.futures]
+        if missing:
+            raise RuntimeError(f"stage {missing[0].type!r} produced no final output for {missing[0].output}")
+
+    def _write(self, item: Any, record: dict[str, Any], emit: Emit | None, start: float) -> JobResult:
+        target = Path(self.run.out_dir) / item.path
+        if item.image is not None:
+            record["sha256"] = save_png(target, item.image, record)
+        else:
+            record["sha256"] = sha256_file(item.file)
+            move_into_place(item.file, target)
+        if emit is not None:
+            emit(record)
+        return JobResult(item.job.job_id, [record], seconds=time.perf_counter() - start)
 
     def _record(self, item: Any, seconds: float) -> dict[str, Any]:
         from ..models import resolve_device
