@@ -148,6 +148,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     options = {"workers": args.workers} if args.workers else {}
     outcome = run_plan(loaded, plan, force=args.force, only=args.only, executor=executor,
                        executor_options=options, reporter=reporter)
+    try:
+        from .gallery import write_gallery
+
+        write_gallery(out_dir)
+    except Exception as exc:  # noqa: BLE001 - a gallery problem must not fail a finished run
+        reporter.say(f"Warning: could not write {out_dir / 'index.html'}: {exc}")
     reporter.summary(outcome.stats, outcome.failures, out_dir)
     if outcome.interrupted:
         reporter.say("Interrupted: finished outputs are kept; run the same command again to resume")

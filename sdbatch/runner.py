@@ -49,8 +49,8 @@ def git_info(path: Path) -> tuple[str | None, bool | None]:
 
 def recipe_info(loaded: LoadedRecipe) -> dict[str, Any]:
     commit, dirty = git_info(loaded.path.resolve())
-    return {"path": str(loaded.path), "sha256": sha256_bytes(loaded.text.encode()), "git_commit": commit,
-            "git_dirty": dirty}
+    return {"path": str(loaded.path), "dir": str(loaded.path.resolve().parent),
+            "sha256": sha256_bytes(loaded.text.encode()), "git_commit": commit, "git_dirty": dirty}
 
 
 def done_jobs(plan: Plan, manifest: Manifest) -> dict[str, dict[str, Any]]:

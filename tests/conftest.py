@@ -64,4 +64,4 @@ def png_pixels(path: Path):
 def output_pngs(out: Path) -> dict[str, Path]:
     """Relative path -> file for every final PNG under ``out`` (temp files excluded)."""
     return {p.relative_to(out).as_posix(): p for p in sorted(out.rglob("*.png"))
-            if not p.name.startswith(".") and "previews" not in p.parts}
+            if not p.name.startswith(".") and "previews" not in p.parts and p.name != "grid.png"}

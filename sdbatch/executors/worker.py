@@ -181,7 +181,7 @@ class JobWorker:
             now = time.perf_counter()
             seconds = (now - last) if len(batch) == 1 else (now - start) / len(batch)
             last = now
-            record = self._record(item, seconds)
+            record = self._record(item, seconds, batch)
             job = item.job
             is_final = item.path == job.output
             if is_final and item.image is not None:
@@ -208,7 +208,9 @@ class JobWorker:
             emit(record)
         return JobResult(item.job.job_id, [record], seconds=time.perf_counter() - start)
 
-    def _record(self, item: Any, seconds: float) -> dict[str, Any]:
+    def _record(self, item: Any, seconds: float, batch: list[Job] | None = None) -> dict[str, Any]:
+        import torch
+
         from ..models import resolve_device
 
         job: Job = item.job
@@ -248,6 +250,10 @@ class JobWorker:
                 record["sampler"] = self.models.sampler_name(job)
             except Exception:  # noqa: BLE001 - a stage that loaded no pipeline has no sampler
                 pass
+        if device == "cpu":
+            record["threads"] = torch.get_num_threads()  # CPU float32 pixels depend on it (by a level at most)
+        if batch is not None and len(batch) > 1:
+            record["batch"] = [b.job_id for b in batch]  # so does the batch an image was rendered in
         record.update(item.extra)
         return record
 
