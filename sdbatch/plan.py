@@ -362,6 +362,8 @@ class _Planner:
         seed_path = stage.type == "interpolate"  # its seeds are the path, not a sweep
         own_seeds = [stage.seeds[0]] if seed_path else stage_seeds(stage)  # type: ignore[index]
         extra = stage.extra_params()
+        if stage.type == "animate":
+            self.check_schedules(index, extra)
         aux: dict[str, ModelRef] = {}
         if stage.type == "animate" and stage.mode == "3d":  # type: ignore[attr-defined]
             aux["depth"] = self.depth_model(stage.depth_model)  # type: ignore[attr-defined]
@@ -487,6 +489,26 @@ class _Planner:
         if local is not None:
             return ModelRef(spec, "local", "folder", str(local))
         return ModelRef(spec, "configs", "hub-config", None)
+
+    def check_schedules(self, index: int, params: dict[str, Any]) -> None:
+        """Evaluate every schedule over the animation's frames now, not at frame 3 at 3 a.m."""
+        from .animation.schedule import ScheduleError, evaluate_schedule
+
+        frames = params["frames"]
+        named = [((key,), params[key]) for key in ("strength", "noise", "contrast", "guidance")]
+        named += [(("motion", key), text) for key, text in params["motion"].items()]
+        for path, text in named:
+            try:
+                values = evaluate_schedule(text, frames)
+            except ScheduleError as exc:
+                self.problems.append(Problem(self.line("stages", index, *path),
+                                             f"stages[{index}]." + ".".join(path), str(exc)))
+                continue
+            if path == ("strength",) and any(not 0 <= v <= 1 for v in values):
+                bad = next(i for i, v in enumerate(values) if not 0 <= v <= 1)
+                self.problems.append(Problem(self.line("stages", index, *path), f"stages[{index}].strength",
+                                             f"the schedule gives {values[bad]:g} at frame {bad}; strength must be "
+                                             "within [0, 1]"))
 
     def depth_model(self, spec: str) -> ModelRef:
         key = "depth:" + spec

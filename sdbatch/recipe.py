@@ -114,7 +114,11 @@ class Lora(_Model):
     weight: Annotated[float, Field(ge=-20.0, le=20.0)] = 1.0
 
 
-LoraItem = Annotated[Lora, BeforeValidator(_lora_shorthand)]
+LoraItem = Annotated[
+    Lora,
+    BeforeValidator(_lora_shorthand),
+    WithJsonSchema({"anyOf": [{"type": "string", "description": "a LoRA file (weight 1.0)"}, _item_schema(Lora)]}),
+]
 
 
 # ------------------------------------------------------------------------------- stage parameters
@@ -336,6 +340,13 @@ class AnimateStage(StageBase):
     @property
     def input_names(self) -> list[str]:
         return [self.init] if self.init else []
+
+    @field_validator("seed")
+    @classmethod
+    def _seed_not_negative(cls, value: int | None) -> int | None:
+        if value is not None and value < 0:
+            raise ValueError("must be >= 0 for an animation (seed behaviours step from it)")
+        return value
 
     def extra_params(self) -> dict[str, Any]:
         return {"mode": self.mode, "frames": self.frames, "fps": self.fps,
@@ -670,17 +681,18 @@ def _check_files(loaded: LoadedRecipe) -> list[Problem]:
     problems: list[Problem] = []
     stage_names = {s.name for s in recipe.stages}
     for i, stage in enumerate(recipe.stages):
-        value = getattr(stage, "input", None)
+        field_name = "init" if stage.type == "animate" else "input"
+        value = getattr(stage, field_name, None)
         inputs: list[Path] = []
-        if isinstance(value, str) and value not in stage_names:
+        if isinstance(value, str) and value not in stage_names and stage.READS != "video":
             inputs = resolve_input_files(value, base, IMAGE_SUFFIXES)
             if not inputs:
                 if looks_like_path(value):
                     what = "matches no image file" if globlib.has_magic(value) else "no such image file or folder"
-                    problems.append(Problem(_line(loaded, "stages", i, "input"), f"stages[{i}].input",
+                    problems.append(Problem(_line(loaded, "stages", i, field_name), f"stages[{i}].{field_name}",
                                             f"{value!r}: {what} (relative to {base})"))
                 else:
-                    problems.append(Problem(_line(loaded, "stages", i, "input"), f"stages[{i}].input",
+                    problems.append(Problem(_line(loaded, "stages", i, field_name), f"stages[{i}].{field_name}",
                                             f"{value!r} names no stage (stages: {', '.join(sorted(stage_names))})"
                                             " and no file"))
         mask = getattr(stage, "mask", None)
