@@ -145,7 +145,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     quiet_libraries()
 
     reporter = Reporter()
-    options = {"workers": args.workers} if args.workers else {}
+    options = {"workers": args.workers} if args.workers is not None else {}
     outcome = run_plan(loaded, plan, force=args.force, only=args.only, executor=executor,
                        executor_options=options, reporter=reporter)
     try:

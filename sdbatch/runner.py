@@ -257,6 +257,14 @@ def run_plan(loaded: LoadedRecipe, plan: Plan, *, force: bool = False, only: lis
                 make_executor(executor, info, **(executor_options or {})).execute(todo, sink)
     except KeyboardInterrupt:
         interrupted = True
+    except BaseException as exc:
+        # the executor itself failed (e.g. an unreachable Ray cluster): close the run in the manifest
+        reporter.stop()
+        manifest.append({"kind": "run", "event": "end", "run_id": run_id, "time": now_iso(),
+                         "seconds": round(time.time() - started, 3), "exit_code": None,
+                         "error": f"{type(exc).__name__}: {exc}", "interrupted": False})
+        manifest.close()
+        raise
     finally:
         reporter.stop()
     interrupted = interrupted or stop.is_set()

@@ -107,6 +107,7 @@ class LocalExecutor:
                     continue
                 if self.worker is None:
                     self.worker = JobWorker(self.run)
+                    self.worker.stop_requested = sink.stop_requested
                 sink.started(ready)
                 unfinished.update(job.job_id for job in ready)
                 in_flight.append(self.worker.submit(ready, emit=sink.output))

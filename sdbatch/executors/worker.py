@@ -88,10 +88,12 @@ class PendingBatch:
         self.futures: dict[str, Any] = {}
         self.errors: dict[str, str] = {}
         self.records: dict[str, list[dict[str, Any]]] = {}
+        self.stopped: set[str] = set()  # interrupted between frames: neither done nor failed
 
     def merge(self, other: "PendingBatch") -> None:
         self.futures.update(other.futures)
         self.errors.update(other.errors)
+        self.stopped.update(other.stopped)
         for job_id, records in other.records.items():
             self.records.setdefault(job_id, []).extend(records)
 
@@ -102,6 +104,8 @@ class PendingBatch:
         """Wait for the writes; one JobResult per job, in batch order."""
         out = []
         for job in self.batch:
+            if job.job_id in self.stopped:
+                continue
             if job.job_id in self.errors:
                 out.append(JobResult(job.job_id, self.records.get(job.job_id, []), self.errors[job.job_id]))
                 continue
@@ -136,6 +140,7 @@ class JobWorker:
         self.models = ModelBank()
         self.ctx = StageContext(self.models, Path(run.out_dir), Path(run.base_dir))
         self._pool = None
+        self.stop_requested: Callable[[], bool] = lambda: False  # set by an executor that can be interrupted
 
     def __call__(self, batch: list[Job], emit: Emit | None = None) -> list[JobResult]:
         """Render ``batch`` and return when every output is on disk (what Ray workers use)."""
@@ -177,7 +182,8 @@ class JobWorker:
         render = stage_entry(batch[0].type)
         start = time.perf_counter()
         last = start
-        for item in render(batch, self.ctx):
+        outputs = render(batch, self.ctx)
+        for item in outputs:
             now = time.perf_counter()
             seconds = (now - last) if len(batch) == 1 else (now - start) / len(batch)
             last = now
@@ -193,6 +199,11 @@ class JobWorker:
             if is_final:
                 pending.futures[job.job_id] = _done_future(JobResult(job.job_id, pending.records[job.job_id],
                                                                      seconds=time.perf_counter() - start))
+            elif self.stop_requested():
+                # Ctrl-C during a video job: stop between frames; the saved frames resume next run
+                outputs.close()
+                pending.stopped.update(j.job_id for j in batch if j.job_id not in pending.futures)
+                return
         missing = [job for job in batch if job.job_id not in pending.futures]
         if missing:
             raise RuntimeError(f"stage {missing[0].type!r} produced no final output for {missing[0].output}")
