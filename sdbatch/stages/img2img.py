@@ -2,7 +2,8 @@
 
 The input is resized to the job's width/height first; then the image equals plain diffusers'
 ``pipe(prompt, negative_prompt, image=init, strength=..., num_inference_steps, guidance_scale,
-generator=torch.Generator("cpu").manual_seed(seed))``. At strength 0 no diffusion runs.
+generator=torch.Generator("cpu").manual_seed(seed))``. At strength 0 no diffusion runs (and no previews).
+``previews: N`` counts the denoising steps that run (``int(steps * strength)``).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Iterator
 
 from ..plan import Job
 from .base import Rendered, StageContext
-from .generate import negative_prompts
+from .generate import callback_kwargs, previews_for, prompt_kwargs
 
 
 def render(jobs: list[Job], ctx: StageContext) -> Iterator[Rendered]:
@@ -23,14 +24,17 @@ def render(jobs: list[Job], ctx: StageContext) -> Iterator[Rendered]:
             yield Rendered(job, job.output, init.image, input_hashes=[init.sha256])
         return
     pipe = ctx.models.pipeline(jobs[0], "img2img")
+    previews = previews_for(jobs)
     images = pipe(
-        prompt=[job.prompt for job in jobs],
-        negative_prompt=negative_prompts(jobs),
+        **prompt_kwargs(pipe, jobs, ctx, p["guidance"]),
         image=[init.image for init in inits],
         strength=p["strength"],
         num_inference_steps=p["steps"],
         guidance_scale=p["guidance"],
         generator=[ctx.generator(job.seed) for job in jobs],
+        **callback_kwargs(previews),
     ).images
+    if previews is not None:
+        yield from previews.rendered()
     for job, init, image in zip(jobs, inits, images):
         yield Rendered(job, job.output, image, input_hashes=[init.sha256])

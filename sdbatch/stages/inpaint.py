@@ -2,7 +2,7 @@
 
 Diffusers' inpaint pipeline renders the job (``image``, ``mask_image``, ``strength``, CPU generator), then
 the input's own pixels are pasted back outside a feathered mask. The feather lies inside the mask
-(erode, then blur), so every pixel outside the mask is exactly the input's.
+(erode, then blur), so every pixel outside the mask is exactly the input's. Previews are pasted the same way.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import numpy as np
 
 from ..plan import Job
 from .base import Rendered, StageContext
-from .generate import negative_prompts
+from .generate import callback_kwargs, previews_for, prompt_kwargs
 
 FEATHER_PX = 4
 
@@ -53,9 +53,9 @@ def render(jobs: list[Job], ctx: StageContext) -> Iterator[Rendered]:
             yield Rendered(job, job.output, init.image, input_hashes=[init.sha256])
         return
     pipe = ctx.models.pipeline(jobs[0], "inpaint")
+    previews = previews_for(jobs)
     images = pipe(
-        prompt=[job.prompt for job in jobs],
-        negative_prompt=negative_prompts(jobs),
+        **prompt_kwargs(pipe, jobs, ctx, p["guidance"]),
         image=[init.image for init in inits],
         mask_image=[mask.image for mask in masks],
         strength=p["strength"],
@@ -64,7 +64,10 @@ def render(jobs: list[Job], ctx: StageContext) -> Iterator[Rendered]:
         width=p["width"],
         height=p["height"],
         generator=[ctx.generator(job.seed) for job in jobs],
+        **callback_kwargs(previews),
     ).images
+    if previews is not None:  # pasted like the final image
+        yield from previews.rendered(lambda i, image: paste_outside_mask(inits[i].image, image, masks[i].image))
     for job, init, mask, image in zip(jobs, inits, masks, images):
         yield Rendered(job, job.output, paste_outside_mask(init.image, image, mask.image),
                        input_hashes=[init.sha256, mask.sha256])
