@@ -250,15 +250,16 @@ def _recipe_dirs(found: Found) -> list[Path]:
     if not isinstance(rp, str) or not rp:
         return []
     rel = Path(rp).expanduser()
-    candidates = [Path(recipe["dir"]) / rel.name] if isinstance(recipe.get("dir"), str) else []
-    if rel.is_absolute():
-        candidates.append(rel)
-    else:
-        roots = [Path.cwd()]
-        for anchor in (found.out_dir, found.file.parent):
-            if anchor is not None:
-                roots += [anchor, *anchor.parents]
-        candidates += [root / rel for root in roots]
+    # a project moved or copied with its outputs finds its own files first, then where the run started
+    candidates: list[Path] = []
+    for anchor in (found.out_dir, found.file.parent):
+        if anchor is not None:
+            candidates += [root / rel.name for root in (anchor, *anchor.parents)]
+            if not rel.is_absolute():
+                candidates += [root / rel for root in (anchor, *anchor.parents)]
+    if isinstance(recipe.get("dir"), str):
+        candidates.append(Path(recipe["dir"]) / rel.name)
+    candidates.append(rel if rel.is_absolute() else Path.cwd() / rel)
     exact, named = [], []
     for candidate in dict.fromkeys(_abs(c) for c in candidates):
         if candidate.is_file():
@@ -309,9 +310,11 @@ def _locate_input(entry: dict[str, Any], found: Found, stage_outputs: set[str], 
     changed = []
     for candidate in dict.fromkeys(candidates):
         if candidate.is_file():
+            # the nearest file at the recorded path decides: a changed input is never swapped for a copy elsewhere
             if not digest or sha256_file(candidate) == digest:
                 return candidate
             changed.append(candidate)
+            break
     if digest and not changed and not given.is_absolute() and rel not in stage_outputs:
         cached = _hash_cache_lookup(digest, rel)  # e.g. a recipe run from a folder we cannot guess
         if cached is not None and sha256_file(cached) == digest:
