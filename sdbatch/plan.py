@@ -30,6 +30,7 @@ from .hashing import HashCache
 from .recipe import (
     IMAGE_SUFFIXES,
     SWEEP_KEYS,
+    VIDEO_SUFFIXES,
     LoadedRecipe,
     Problem,
     RecipeError,
@@ -324,6 +325,10 @@ class _Planner:
 
         path = Path(value).expanduser()
         path = path if path.is_absolute() else self.base / path
+        if path.suffix.lower() not in VIDEO_SUFFIXES:
+            self.problems.append(Problem(self.line("stages", index, "input"), f"stages[{index}].input",
+                                         f"{value}: not a video file (expected {', '.join(sorted(VIDEO_SUFFIXES))})"))
+            return (None, None, None)
         try:
             info = probe_video(path)
             select_frames(info, getattr(stage, "start_frame", 0), getattr(stage, "end_frame", None),

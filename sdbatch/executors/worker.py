@@ -195,7 +195,9 @@ class JobWorker:
                 pending.futures[job.job_id] = self._writer().submit(self._write, item, record, emit, start)
                 continue
             self._write(item, record, emit, start)
-            pending.records.setdefault(job.job_id, []).append(record)
+            records = pending.records.setdefault(job.job_id, [])
+            if emit is None or is_final:  # an emitted frame's record is in the manifest already: don't hold 2,000
+                records.append(record)
             if is_final:
                 pending.futures[job.job_id] = _done_future(JobResult(job.job_id, pending.records[job.job_id],
                                                                      seconds=time.perf_counter() - start))
