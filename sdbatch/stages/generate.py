@@ -172,20 +172,27 @@ def callback_kwargs(previews: Previews | None) -> dict[str, Any]:
     return {"callback_on_step_end": previews} if previews is not None else {}
 
 
+def run_pipeline(pipe: Any, jobs: list[Job], ctx: StageContext, previews: Previews | None,
+                 **task_kwargs: Any) -> list[Any]:
+    """One diffusers call for a batch: prompts (each encoded once), steps, guidance, one CPU generator per
+    job, the preview callback, plus the task's own arguments (image, mask_image, strength, size)."""
+    p = jobs[0].params
+    return pipe(
+        **prompt_kwargs(pipe, jobs, ctx, p["guidance"]),
+        num_inference_steps=p["steps"],
+        guidance_scale=p["guidance"],
+        generator=[ctx.generator(job.seed) for job in jobs],
+        **callback_kwargs(previews),
+        **task_kwargs,
+    ).images
+
+
 # -------------------------------------------------------------------------------------------- render
 def render(jobs: list[Job], ctx: StageContext) -> Iterator[Rendered]:
     p = jobs[0].params
     pipe = ctx.models.pipeline(jobs[0], "text2img")
     previews = previews_for(jobs)
-    images = pipe(
-        **prompt_kwargs(pipe, jobs, ctx, p["guidance"]),
-        num_inference_steps=p["steps"],
-        guidance_scale=p["guidance"],
-        width=p["width"],
-        height=p["height"],
-        generator=[ctx.generator(job.seed) for job in jobs],
-        **callback_kwargs(previews),
-    ).images
+    images = run_pipeline(pipe, jobs, ctx, previews, width=p["width"], height=p["height"])
     if previews is not None:
         yield from previews.rendered()
     for job, image in zip(jobs, images):

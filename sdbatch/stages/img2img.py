@@ -12,7 +12,7 @@ from typing import Iterator
 
 from ..plan import Job
 from .base import Rendered, StageContext
-from .generate import callback_kwargs, previews_for, prompt_kwargs
+from .generate import previews_for, run_pipeline
 
 
 def render(jobs: list[Job], ctx: StageContext) -> Iterator[Rendered]:
@@ -25,15 +25,7 @@ def render(jobs: list[Job], ctx: StageContext) -> Iterator[Rendered]:
         return
     pipe = ctx.models.pipeline(jobs[0], "img2img")
     previews = previews_for(jobs)
-    images = pipe(
-        **prompt_kwargs(pipe, jobs, ctx, p["guidance"]),
-        image=[init.image for init in inits],
-        strength=p["strength"],
-        num_inference_steps=p["steps"],
-        guidance_scale=p["guidance"],
-        generator=[ctx.generator(job.seed) for job in jobs],
-        **callback_kwargs(previews),
-    ).images
+    images = run_pipeline(pipe, jobs, ctx, previews, image=[init.image for init in inits], strength=p["strength"])
     if previews is not None:
         yield from previews.rendered()
     for job, init, image in zip(jobs, inits, images):

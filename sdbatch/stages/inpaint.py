@@ -13,7 +13,7 @@ import numpy as np
 
 from ..plan import Job
 from .base import Rendered, StageContext
-from .generate import callback_kwargs, previews_for, prompt_kwargs
+from .generate import previews_for, run_pipeline
 
 FEATHER_PX = 4
 
@@ -49,23 +49,14 @@ def render(jobs: list[Job], ctx: StageContext) -> Iterator[Rendered]:
     inits = [ctx.load_image(job.inputs[0], size) for job in jobs]
     masks = [ctx.load_image(job.mask, size, mode="L") for job in jobs]  # type: ignore[arg-type]
     if p["strength"] == 0:
-        for job, init in zip(jobs, inits):
-            yield Rendered(job, job.output, init.image, input_hashes=[init.sha256])
+        for job, init, mask in zip(jobs, inits, masks):
+            yield Rendered(job, job.output, init.image, input_hashes=[init.sha256, mask.sha256])
         return
     pipe = ctx.models.pipeline(jobs[0], "inpaint")
     previews = previews_for(jobs)
-    images = pipe(
-        **prompt_kwargs(pipe, jobs, ctx, p["guidance"]),
-        image=[init.image for init in inits],
-        mask_image=[mask.image for mask in masks],
-        strength=p["strength"],
-        num_inference_steps=p["steps"],
-        guidance_scale=p["guidance"],
-        width=p["width"],
-        height=p["height"],
-        generator=[ctx.generator(job.seed) for job in jobs],
-        **callback_kwargs(previews),
-    ).images
+    images = run_pipeline(pipe, jobs, ctx, previews, image=[init.image for init in inits],
+                          mask_image=[mask.image for mask in masks], strength=p["strength"], width=p["width"],
+                          height=p["height"])
     if previews is not None:  # pasted like the final image
         yield from previews.rendered(lambda i, image: paste_outside_mask(inits[i].image, image, masks[i].image))
     for job, init, mask, image in zip(jobs, inits, masks, images):
