@@ -213,7 +213,11 @@ def test_plan_json_reports_done_and_pending(chain_run, tmp_path):
 
 
 def _run_and_kill(recipe: Path, out: Path, after_outputs: int) -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "sdbatch", "run", str(recipe), "--out", str(out)],
+    _run_and_kill_with(recipe, out, after_outputs, [])
+
+
+def _run_and_kill_with(recipe: Path, out: Path, after_outputs: int, extra: list[str]) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "sdbatch", "run", str(recipe), "--out", str(out), *extra],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
@@ -242,6 +246,21 @@ def test_killed_runs_resume_to_the_same_images(chain_run, tmp_path, kill_points)
     assert sorted(r["path"] for r in outputs) == sorted(ref), "each output recorded exactly once"
     for record in outputs:
         assert sha256_file(out / record["path"]) == record["sha256"]
+
+
+def test_batched_runs_agree_with_unbatched_and_resume_within_one_level(chain_run, tmp_path):
+    recipe, reference = chain_run  # rendered one image at a time (auto on a CPU)
+    batched = tmp_path / "batched"
+    _run_and_kill_with(recipe, batched, 3, ["--set", "defaults.batch_size=4"])
+    result = run_cli("run", recipe, "--out", batched, "--set", "defaults.batch_size=4")
+    assert result.returncode == 0, result.stderr
+    ref = output_pngs(reference)
+    got = output_pngs(batched)
+    assert set(got) == set(ref), "batching must not change names (ids)"
+    worst = max(int(np.abs(png_pixels(path) - png_pixels(got[rel])).max()) for rel, path in ref.items())
+    assert worst <= 1, f"batched/resumed images differ from unbatched ones by {worst} levels"
+    assert any(len(r.get("batch", [])) > 1 for r in manifest_records(batched, "output"))
+    assert sorted(r["path"] for r in manifest_records(batched, "output")) == sorted(ref)
 
 
 def test_failing_job_does_not_stop_the_batch(tmp_path, tiny_sd_folder):
