@@ -218,15 +218,6 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def job_id_of(identity: dict[str, Any]) -> str:
-    """sha256 of everything that determines a job's pixels except its seed, then the seed."""
-    identity = dict(identity)
-    seed = identity.pop("seed")
-    digest = hashlib.sha256(canonical_json(identity).encode())
-    digest.update(f"\0seed={seed}".encode())
-    return digest.hexdigest()
-
-
 def stage_order(loaded: LoadedRecipe) -> list[str]:
     """Stage names in dependency order (a stage after the stages it reads), else recipe order."""
     stages = {s.name: s for s in loaded.recipe.stages}
