@@ -100,7 +100,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     loaded = _load(args)
     out_dir = _out_dir(args, loaded)
     plan = _plan(loaded, out_dir, rehearse=args.rehearse)
-    done = done_jobs(plan, Manifest(out_dir / MANIFEST_NAME))
+    done = done_jobs(plan, Manifest(out_dir / MANIFEST_NAME).outputs_by_job())
     if args.json:
         jobs = [job.to_json("done" if job.job_id in done else "pending") for job in plan.jobs]
         # json.dumps uses the C encoder; json.dump to a stream does not

@@ -53,13 +53,12 @@ def recipe_info(loaded: LoadedRecipe) -> dict[str, Any]:
             "sha256": sha256_bytes(loaded.text.encode()), "git_commit": commit, "git_dirty": dirty}
 
 
-def done_jobs(plan: Plan, manifest: Manifest) -> dict[str, dict[str, Any]]:
-    """job_id -> final output record, for jobs whose final output is recorded and on disk."""
-    by_job = manifest.outputs_by_job()
-    wanted = {job.job_id: job for job in plan.jobs}
+def done_jobs(plan: Plan, by_job: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """job_id -> final output record, for jobs whose final output is recorded (``by_job``, from
+    :meth:`Manifest.outputs_by_job`) and on disk."""
     done = {}
     for job_id, records in by_job.items():
-        job = wanted.get(job_id)
+        job = plan.index.get(job_id)
         if job is None:
             continue
         for record in records:
@@ -68,9 +67,16 @@ def done_jobs(plan: Plan, manifest: Manifest) -> dict[str, dict[str, Any]]:
     return done
 
 
-def adopt_orphans(plan: Plan, manifest: Manifest, done: dict[str, dict[str, Any]]) -> int:
-    """Record outputs (images, video frames) written but not yet recorded when a run was killed."""
-    recorded = {(r.get("job_id"), r.get("path")) for r in manifest.records() if r.get("kind") == "output"}
+def recorded_outputs(by_job: dict[str, list[dict[str, Any]]]) -> set[tuple[str, str]]:
+    """(job_id, path) of every recorded output."""
+    return {(job_id, r.get("path")) for job_id, records in by_job.items() for r in records}
+
+
+def adopt_orphans(plan: Plan, manifest: Manifest, done: dict[str, dict[str, Any]],
+                  recorded: set[tuple[str, str]]) -> int:
+    """Record outputs (images, video frames) written but not yet recorded when a run was killed.
+
+    ``done`` and ``recorded`` are updated with what is adopted."""
     adopted = 0
     for job in plan.jobs:
         if job.job_id in done:
@@ -88,6 +94,7 @@ def adopt_orphans(plan: Plan, manifest: Manifest, done: dict[str, dict[str, Any]
                 continue
             record["sha256"] = sha256_file(path)
             manifest.append(record)
+            recorded.add((job.job_id, rel))
             adopted += 1
             if rel == job.output:
                 done[job.job_id] = record
@@ -222,9 +229,11 @@ def run_plan(loaded: LoadedRecipe, plan: Plan, *, force: bool = False, only: lis
     if removed:
         reporter.say(f"Removed {len(removed)} unfinished temp file(s) from an interrupted run")
     manifest = Manifest(out_dir / MANIFEST_NAME)
-    done = {} if force else done_jobs(plan, manifest)
+    by_job = {} if force else manifest.outputs_by_job()  # the manifest is read once
+    done = done_jobs(plan, by_job)
+    recorded = recorded_outputs(by_job)
     if not force:
-        adopted = adopt_orphans(plan, manifest, done)
+        adopted = adopt_orphans(plan, manifest, done, recorded)
         if adopted:
             reporter.say(f"Recorded {adopted} output(s) written just before an interruption")
     only = list(only or [])
@@ -245,9 +254,7 @@ def run_plan(loaded: LoadedRecipe, plan: Plan, *, force: bool = False, only: lis
                      "rehearse": plan.rehearse, "force": force, "only": only, "executor": executor,
                      "pid": os.getpid()})
     stop = threading.Event()
-    sink = RunSink(manifest, plan, reporter, stats, stop)
-    if not force:
-        sink.recorded = {(r.get("job_id"), r.get("path")) for r in manifest.records() if r.get("kind") == "output"}
+    sink = RunSink(manifest, plan, reporter, stats, stop, recorded)
     interrupted = False
     started = time.time()
     reporter.start(len(todo), sum(s.done_before for s in stats.values()))
