@@ -66,7 +66,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--batch-size", default="8", help="the recipe's batch_size (auto renders one at a time on CPU)")
     args = parser.parse_args()
-    from sdbatch.tiny import save_tiny_sd
+    from sdbatch.sources.tiny import save_tiny_sd
 
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     with tempfile.TemporaryDirectory() as tmp:

@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from sdbatch.perf import GpuOptions, apply_gpu_options, describe, unwrap_unet
+from sdbatch.runtime.perf import GpuOptions, apply_gpu_options, describe, unwrap_unet
 
 CONFIG_DIR = REPO / "sdbatch" / "configs"
 

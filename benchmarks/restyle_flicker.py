@@ -53,7 +53,7 @@ def build_sd15_random(folder: Path) -> Path:
     from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from sdbatch.tiny import _save_pipeline, build_tiny_tokenizer
+    from sdbatch.sources.tiny import _save_pipeline, build_tiny_tokenizer
 
     cfg = REPO / "sdbatch" / "configs" / "sd15"
 
@@ -103,7 +103,7 @@ def stage_figures(out: Path, stage: str, sources: Path, size: tuple[int, int]) -
     from PIL import Image
 
     from sdbatch.stages.restyle import flicker
-    from sdbatch.video import iter_frames
+    from sdbatch.io.video import iter_frames
 
     records = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines() if line.strip()]
     (video,) = [r for r in records if r.get("kind") == "output" and r.get("stage") == stage
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from sdbatch.stages.restyle import flicker
-    from sdbatch.video import iter_frames, make_test_clip, probe_video
+    from sdbatch.io.video import iter_frames, make_test_clip, probe_video
 
     work = args.out or Path(tempfile.mkdtemp(prefix="restyle-bench-"))
     work.mkdir(parents=True, exist_ok=True)

@@ -13,11 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-
-
-class UsageError(Exception):
-    """A problem with the command line or the recipe: printed as is, exit 2."""
+from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError  # noqa: F401
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -62,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _load(args: argparse.Namespace, check_files: bool = True) -> Any:
-    from .recipe import RecipeError, load_recipe
+    from .config.recipe import RecipeError, load_recipe
 
     try:
         return load_recipe(args.recipe, args.overrides, check_files=check_files)
@@ -75,8 +71,8 @@ def _out_dir(args: argparse.Namespace, loaded: Any) -> Path:
 
 
 def _plan(loaded: Any, out_dir: Path, rehearse: bool) -> Any:
-    from .plan import build_plan
-    from .recipe import RecipeError
+    from .core.plan import build_plan
+    from .config.recipe import RecipeError
 
     try:
         return build_plan(loaded, out_dir, rehearse=rehearse)
@@ -94,8 +90,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from .manifest import MANIFEST_NAME, Manifest
-    from .runner import done_jobs
+    from .io.manifest import MANIFEST_NAME, Manifest
+    from .runtime.runner import done_jobs
 
     loaded = _load(args)
     out_dir = _out_dir(args, loaded)
@@ -116,7 +112,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from .recipe import recipe_json_schema
+    from .config.recipe import recipe_json_schema
 
     print(json.dumps(recipe_json_schema(), indent=2))
     return EXIT_OK
@@ -138,9 +134,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise UsageError('the ray executor needs Ray: pip install -e ".[ray]"') from None
     plan = _fetch_models(loaded, plan, out_dir, args.rehearse)
 
-    from .progress import Reporter
-    from .quiet import quiet_libraries
-    from .runner import run_plan
+    from .runtime.progress import Reporter
+    from .runtime.quiet import quiet_libraries
+    from .runtime.runner import run_plan
 
     quiet_libraries()
 
@@ -149,7 +145,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     outcome = run_plan(loaded, plan, force=args.force, only=args.only, executor=executor,
                        executor_options=options, reporter=reporter)
     try:
-        from .gallery import write_gallery
+        from .reports.gallery import write_gallery
 
         write_gallery(out_dir)
     except Exception as exc:  # noqa: BLE001 - a gallery problem must not fail a finished run
@@ -170,8 +166,9 @@ def _fetch_models(loaded: Any, plan: Any, out_dir: Path, rehearse: bool) -> Any:
                 missing[aux.id] = (aux, False)
     if not missing:
         return plan
-    from .models import ModelUnavailable, fetch_hub_model
-    from .quiet import quiet_libraries
+    from .errors import ModelUnavailable
+    from .runtime.models import fetch_hub_model
+    from .runtime.quiet import quiet_libraries
 
     quiet_libraries()
     for model, is_pipeline in missing.values():
@@ -183,13 +180,13 @@ def _fetch_models(loaded: Any, plan: Any, out_dir: Path, rehearse: bool) -> Any:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from .provenance import inspect_output
+    from .reports.provenance import inspect_output
 
     return inspect_output(args.file, as_json=args.json)
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from .provenance import reproduce_output
+    from .reports.provenance import reproduce_output
 
     return reproduce_output(args.file, out=args.out)
 

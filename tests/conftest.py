@@ -29,7 +29,7 @@ def sdbatch_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_sd_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A local diffusers folder with a tiny randomly initialised Stable Diffusion pipeline."""
-    from sdbatch.tiny import save_tiny_sd
+    from sdbatch.sources.tiny import save_tiny_sd
 
     folder = tmp_path_factory.mktemp("models") / "tiny-sd-local"
     save_tiny_sd(folder, seed=7)

@@ -21,7 +21,7 @@ import pytest
 
 from conftest import REPO, manifest_records, output_pngs, png_pixels, run_cli
 from sdbatch.animation import evaluate_schedule
-from sdbatch.hashing import sha256_file
+from sdbatch.io.hashing import sha256_file
 
 W, H = 64, 48  # not square: catches a swapped (W // 2, H // 2) centre
 
@@ -165,7 +165,7 @@ def test_2d_frames_are_deforum_warps_of_the_saved_previous_frame(reference):
 
 
 def test_every_animation_has_its_frames_and_an_mp4(reference):
-    from sdbatch.video import probe_video
+    from sdbatch.io.video import probe_video
 
     _recipe, out = reference
     for stage, count in FRAMES.items():
@@ -190,7 +190,7 @@ def test_every_animation_has_its_frames_and_an_mp4(reference):
 
 # ------------------------------------------------------------------------------------------------- 3D
 def test_3d_recipe_rehearses_offline_with_a_transformers_depth_model(tmp_path):
-    from sdbatch.video import probe_video
+    from sdbatch.io.video import probe_video
 
     recipe = REPO / "recipes" / "animate-3d.yaml"
     text = recipe.read_text()
@@ -213,9 +213,9 @@ def test_3d_recipe_rehearses_offline_with_a_transformers_depth_model(tmp_path):
 
 def test_depth_loading_and_estimation_on_tiny_models(tmp_path):
     from sdbatch.animation import warp_3d
-    from sdbatch.depth import depth_kind, estimate_depth, load_depth_model, to_deforum_depth
-    from sdbatch.plan import ModelRef
-    from sdbatch.tiny import BUILTIN_MODELS, save_tiny_depth
+    from sdbatch.runtime.depth import depth_kind, estimate_depth, load_depth_model, to_deforum_depth
+    from sdbatch.core.job import ModelRef
+    from sdbatch.sources.tiny import BUILTIN_MODELS, save_tiny_depth
 
     folder = save_tiny_depth(tmp_path / "my-depth", seed=3)  # a user's local transformers folder
     rgb = np.random.default_rng(0).integers(0, 256, (H, W, 3), dtype=np.uint8)

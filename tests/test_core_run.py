@@ -16,7 +16,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from conftest import manifest_records, output_pngs, png_pixels, run_cli
-from sdbatch.hashing import sha256_file
+from sdbatch.io.hashing import sha256_file
 
 CHAIN = """\
 name: chain

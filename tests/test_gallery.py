@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from conftest import manifest_records
-from sdbatch.gallery import GRID_HEADER_HEIGHT, GRID_LABEL_WIDTH, grid_axes, write_gallery
+from sdbatch.reports.gallery import GRID_HEADER_HEIGHT, GRID_LABEL_WIDTH, grid_axes, write_gallery
 from test_provenance import PROMPT, SIZE, SWEEP_PROMPT, rendered_project
 
 GUIDANCE, SEEDS = [5.0, 9.0], [1, 2, 3]

@@ -1,4 +1,4 @@
-"""CPU checks of the GPU benchmark script and of ``sdbatch.perf`` (no GPU, no network)."""
+"""CPU checks of the GPU benchmark script and of ``sdbatch.runtime.perf`` (no GPU, no network)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ diffusers = pytest.importorskip("diffusers")
 sys.path.insert(0, str(REPO / "benchmarks"))
 import gpu_throughput as gt
 
-from sdbatch.perf import GpuOptions, apply_gpu_options, describe
+from sdbatch.runtime.perf import GpuOptions, apply_gpu_options, describe
 
 
 def _offline_env() -> dict[str, str]:
@@ -132,9 +132,9 @@ def test_gpu_options_validation_and_describe() -> None:
 
 
 def test_perf_import_is_cheap() -> None:
-    # compare with the package alone, so that this only tests what sdbatch.perf itself imports
+    # compare with the package alone, so that this only tests what sdbatch.runtime.perf itself imports
     code = ("import sys, sdbatch; b = [m in sys.modules for m in ('torch', 'diffusers')]; "
-            "import sdbatch.perf; a = [m in sys.modules for m in ('torch', 'diffusers')]; print(b == a)")
+            "import sdbatch.runtime.perf; a = [m in sys.modules for m in ('torch', 'diffusers')]; print(b == a)")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=_offline_env(), capture_output=True,
                          text=True, timeout=60, check=False)
     assert out.returncode == 0, out.stderr

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, manifest_records, png_pixels, run_cli
-from sdbatch.hashing import sha256_file
+from sdbatch.io.hashing import sha256_file
 
 RECIPE = """\
 name: dream
@@ -89,7 +89,7 @@ def test_prompt_embeddings_are_interpolated_with_exact_ends(dream_run):
 
 
 def test_frames_become_an_mp4_with_its_own_manifest_line(dream_run):
-    from sdbatch.video import probe_video
+    from sdbatch.io.video import probe_video
 
     out = dream_run
     for stage, frames, fps in (("dream", 5, 12), ("morph", 3, 8)):

@@ -20,9 +20,9 @@ RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
 
 
 def plan_ids(recipe: Path, rehearse: bool) -> list[list[str]]:
-    from sdbatch.recipe import load_recipe
-    from sdbatch.plan import build_plan
-    from sdbatch.hashing import HashCache
+    from sdbatch.config.recipe import load_recipe
+    from sdbatch.core.plan import build_plan
+    from sdbatch.io.hashing import HashCache
 
     loaded = load_recipe(recipe)
     plan = build_plan(loaded, REPO / "outputs" / loaded.recipe.name, rehearse=rehearse, hashes=HashCache(None, {}))

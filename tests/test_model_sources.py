@@ -32,7 +32,7 @@ THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 # ------------------------------------------------------------------------------------------ helpers
 def builtin(name: str) -> Path:
-    from sdbatch.tiny import builtin_model_path
+    from sdbatch.sources.tiny import builtin_model_path
 
     return builtin_model_path(name)  # in the session cache (conftest's SDBATCH_CACHE)
 
@@ -214,7 +214,7 @@ def project(tmp_path_factory) -> Path:
     """A recipe folder with a tiny LoRA (SD and SDXL), a single-file checkpoint, a second VAE and a mask."""
     from PIL import Image
 
-    from sdbatch.tiny import TINY_VAE, _seeded
+    from sdbatch.sources.tiny import TINY_VAE, _seeded
 
     root = tmp_path_factory.mktemp("sources")
     sd, xl = builtin("sdbatch/tiny-sd"), builtin("sdbatch/tiny-sdxl")
@@ -245,7 +245,7 @@ def rendered(project) -> tuple[Path, dict]:
 
 
 def test_lora_changes_output_and_is_recorded(rendered, project):
-    from sdbatch.hashing import sha256_file
+    from sdbatch.io.hashing import sha256_file
 
     out, records = rendered
     plain, a, b = (only_image(out, records, s) for s in ("plain", "lora_a", "lora_b"))
@@ -315,9 +315,9 @@ def test_batched_equals_unbatched(rendered, one, three):
 def test_lora_file_is_in_job_identity(project, tmp_path):
     import shutil
 
-    from sdbatch.hashing import HashCache
-    from sdbatch.plan import build_plan
-    from sdbatch.recipe import load_recipe
+    from sdbatch.io.hashing import HashCache
+    from sdbatch.core.plan import build_plan
+    from sdbatch.config.recipe import load_recipe
 
     copy = tmp_path / "p"
     shutil.copytree(project, copy, ignore=shutil.ignore_patterns("out"))
@@ -336,8 +336,8 @@ def test_prompt_embeddings_equal_strings_and_encode_once(tmp_path, one_thread):
     """A batch with repeated prompts: each distinct text is encoded once; pixels equal the string call."""
     import torch
 
-    from sdbatch.models import ModelBank
-    from sdbatch.plan import Job, ModelRef
+    from sdbatch.runtime.models import ModelBank
+    from sdbatch.core.job import Job, ModelRef
     from sdbatch.stages.base import StageContext
     from sdbatch.stages.generate import prompt_kwargs
 
@@ -393,8 +393,9 @@ def test_ckpt_refused_without_allow_pickle(tmp_path):
 def test_ckpt_refused_at_load_time(tmp_path):
     import torch
 
-    from sdbatch.models import ModelBank, ModelUnavailable
-    from sdbatch.plan import Job, ModelRef
+    from sdbatch.errors import ModelUnavailable
+    from sdbatch.runtime.models import ModelBank
+    from sdbatch.core.job import Job, ModelRef
 
     ckpt = tmp_path / "old.ckpt"
     ckpt.write_bytes(b"never unpickled")

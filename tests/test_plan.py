@@ -7,8 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sdbatch.plan import build_plan, rehearse_size
-from sdbatch.recipe import parse_recipe
+from sdbatch.core.plan import build_plan, rehearse_size
+from sdbatch.config.recipe import parse_recipe
 
 BASE = """\
 model: sdbatch/tiny-sd

@@ -88,8 +88,8 @@ def test_inpaint_previews_keep_pixels_outside_the_mask(rendered):
 
 
 def test_previews_are_recorded_but_do_not_change_done_or_identity(rendered):
-    from sdbatch.plan import build_plan
-    from sdbatch.recipe import load_recipe
+    from sdbatch.core.plan import build_plan
+    from sdbatch.config.recipe import load_recipe
 
     root, out, records = rendered
     previews = [r for r in records if "preview" in r]

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sdbatch.artifacts import read_png_record
-from sdbatch.video import _probe_header, iter_frames, make_test_clip, probe_video
+from sdbatch.io.artifacts import read_png_record
+from sdbatch.io.video import _probe_header, iter_frames, make_test_clip, probe_video
 
 psutil = pytest.importorskip("psutil")
 

@@ -1,4 +1,4 @@
-"""Tests for sdbatch.tiny: offline tiny built-in models."""
+"""Tests for sdbatch.sources.tiny: offline tiny built-in models."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import pytest
 
-import sdbatch.tiny as tiny
+import sdbatch.sources.tiny as tiny
 
 SIZE = 64
 PIPE_MODELS = ["sdbatch/tiny-sd", "sdbatch/tiny-sdxl"]
@@ -82,7 +82,7 @@ def mask_image():
 
 def test_import_is_cheap():
     code = (
-        "import sys, sdbatch.tiny; "
+        "import sys, sdbatch.sources.tiny; "
         "heavy = [m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules]; "
         "assert not heavy, heavy"
     )

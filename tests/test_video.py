@@ -1,4 +1,4 @@
-"""Tests for sdbatch.video (streaming video I/O on the bundled ffmpeg)."""
+"""Tests for sdbatch.io.video (streaming video I/O on the bundled ffmpeg)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sdbatch import video
-from sdbatch.video import (
+from sdbatch.io import video
+from sdbatch.io.video import (
     VideoError,
     VideoInfo,
     VideoWriter,
@@ -97,7 +97,7 @@ def _write_pngs(frames, folder: Path) -> list[Path]:
 
 def test_import_is_light():
     code = (
-        "import sys, sdbatch.video; "
+        "import sys, sdbatch.io.video; "
         "bad = [m for m in ('torch', 'imageio_ffmpeg', 'cv2', 'numpy') if m in sys.modules]; "
         "assert not bad, bad"
     )

@@ -10,7 +10,7 @@ planning never pull in torch.
 from __future__ import annotations
 
 import importlib
-from typing import Callable
+from typing import Any, Callable
 
 STAGE_MODULES = {
     "generate": "sdbatch.stages.generate",
@@ -25,3 +25,8 @@ STAGE_MODULES = {
 def stage_entry(stage_type: str) -> Callable:
     """The ``render`` function of a stage type."""
     return importlib.import_module(STAGE_MODULES[stage_type]).render
+
+
+def params_from_json(stage_type: str, data: dict) -> Any:
+    """A job's typed params rebuilt from a manifest record's ``params`` (the inverse of ``Job.params_json``)."""
+    return dict(data)

@@ -15,7 +15,7 @@ strength; strength 0 keeps the init image). Each later diffused frame ``i`` foll
 ``strength`` is diffusers' (0 keeps the warped frame, 1 ignores it); when ``int(steps * strength) < 1`` no
 diffusion runs and the frame is ``warped`` itself. Seeds follow ``seed_behavior`` per diffusion slot (see
 :func:`sdbatch.animation.frame_seeds`); 3D depth comes from the transformers depth model of the job's
-``aux_models["depth"]`` (:mod:`sdbatch.depth`), predicted on the frame being warped.
+``aux_models["depth"]`` (:mod:`sdbatch.runtime.depth`), predicted on the frame being warped.
 
 ``cadence: N > 1`` is Deforum's "turbo" scheme: a diffusion runs on frames ``0, N, 2N, ...`` only. Frame
 ``j`` of segment ``k`` (``kN <= j < (k+1)N``) blends the two latest diffused images, each warped frame by
@@ -47,7 +47,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..plan import Job
+from ..core.job import Job
 from .base import Rendered, StageContext
 
 MOTION_2D = ("angle", "zoom", "translation_x", "translation_y")
@@ -70,7 +70,7 @@ def video_temp_path(ctx: StageContext, job: Job) -> Path:
 
 def encode_frames(ctx: StageContext, job: Job, count: int, fps: float) -> Path:
     """Encode frames ``0 .. count-1`` of ``job`` into a temp video file for the worker to move into place."""
-    from ..video import encode_video
+    from ..io.video import encode_video
 
     paths = [ctx.out_dir / ctx.frame_path(job, i) for i in range(count)]
     target = video_temp_path(ctx, job)
@@ -174,15 +174,15 @@ class Animation:
     def depth(self, image: np.ndarray) -> np.ndarray | None:
         if self.mode != "3d":
             return None
-        from ..depth import estimate_depth
+        from ..runtime.depth import estimate_depth
 
         model, processor = self.depth_model()
         return estimate_depth(model, processor, image)
 
     def depth_model(self) -> tuple[Any, Any]:
         if self._depth_model is None:
-            from ..depth import load_depth_model
-            from ..models import resolve_device
+            from ..runtime.depth import load_depth_model
+            from ..runtime.models import resolve_device
 
             ref = self.job.aux_models.get("depth")
             if ref is None:

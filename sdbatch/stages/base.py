@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..hashing import sha256_file
-from ..plan import InputRef, Job
+from ..io.hashing import sha256_file
+from ..core.job import InputRef, Job
 
 
 @dataclass
@@ -72,7 +72,7 @@ class StageContext:
         """
         from PIL import Image
 
-        from ..artifacts import read_png_record
+        from ..io.artifacts import read_png_record
 
         path = self.out_dir / relpath
         if not path.is_file():
@@ -86,7 +86,7 @@ class StageContext:
 
     def temp_output(self, job: Job) -> Path:
         """A temp file beside the job's final output (e.g. for the mp4), renamed into place by the worker."""
-        from ..artifacts import temp_path_for
+        from ..io.artifacts import temp_path_for
 
         final = self.out_dir / job.output
         final.parent.mkdir(parents=True, exist_ok=True)

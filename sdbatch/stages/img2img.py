@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from ..plan import Job
+from ..core.job import Job
 from .base import Rendered, StageContext
 from .generate import previews_for, run_pipeline
 

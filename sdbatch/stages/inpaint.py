@@ -11,7 +11,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..plan import Job
+from ..core.job import Job
 from .base import Rendered, StageContext
 from .generate import previews_for, run_pipeline
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from typing import Any, Iterator
 
-from ..plan import Job
+from ..core.job import Job
 from .animate import encode_frames
 from .base import Rendered, StageContext
 

@@ -34,8 +34,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ..hashing import sha256_file
-from ..plan import Job
+from ..io.hashing import sha256_file
+from ..core.job import Job
 from .base import Rendered, StageContext
 from .generate import prompt_kwargs
 
@@ -125,7 +125,7 @@ class _SourceFrames:
 
     def __init__(self, source: Path, kept: list[int], size: tuple[int, int], ahead: bool,
                  needs_motion: Any, depth: int = 2):
-        from ..video import iter_frames
+        from ..io.video import iter_frames
 
         self._frames = iter_frames(source, kept, size=size)  # validates now
         self._needs_motion = needs_motion
@@ -204,7 +204,7 @@ def _render_job(job: Job, ctx: StageContext) -> Iterator[Rendered]:
 
     from ..animation.color import match_colors
     from ..animation.flow import blend_coherent, warp_by_flow, warp_previous
-    from ..video import encode_video, probe_video, select_frames
+    from ..io.video import encode_video, probe_video, select_frames
 
     clock = _Clock()
     p = job.params
@@ -235,7 +235,7 @@ def _render_job(job: Job, ctx: StageContext) -> Iterator[Rendered]:
     def needs_motion(i: int) -> bool:  # cheap: a frame already on disk is (nearly always) reused
         return not (ctx.out_dir / ctx.frame_path(job, i)).is_file()
 
-    from ..models import resolve_device
+    from ..runtime.models import resolve_device
 
     ahead = flow_weight > 0 and strength > 0 and resolve_device(job.device) != "cpu"
     frames = _SourceFrames(source, kept, size, ahead, needs_motion)

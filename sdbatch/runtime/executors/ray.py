@@ -5,7 +5,7 @@ starts a local Ray (shut down again at the end; a joined cluster is only disconn
 GPU (``num_gpus=1``); on a cluster without GPUs, ``--workers`` / ``$SDBATCH_RAY_WORKERS`` CPU actors (default:
 one per CPU, at most :data:`MAX_CPU_WORKERS`). Each actor loads its models once and keeps them.
 
-The driver dispatches a batch (from :func:`~sdbatch.executors.local.make_batches`) to an idle actor as soon
+The driver dispatches a batch (from :func:`~sdbatch.runtime.executors.local.make_batches`) to an idle actor as soon
 as every job it reads has finished, so an img2img job can start while its stage's siblings are still being
 generated elsewhere; dependents of failed jobs are skipped, as locally. Actors write each output file
 atomically themselves (the output folder must be on a filesystem every node shares) and return the manifest
@@ -26,9 +26,9 @@ import os
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ..plan import Job
+from ...core.job import Job
 from .local import make_batches
-from .worker import JobResult, JobWorker, RunInfo, describe_error
+from ..worker import JobResult, JobWorker, RunInfo, describe_error
 
 MAX_ATTEMPTS = 3  # dispatches of one batch before its jobs are recorded as failed (the workers kept dying)
 MAX_CPU_WORKERS = 4  # default number of CPU workers, when neither --workers nor $SDBATCH_RAY_WORKERS is given
@@ -104,7 +104,7 @@ class _Schedule:
 
 
 def _usage(message: str) -> Exception:
-    from ..cli import UsageError  # printed as one line, exit code 2
+    from ...errors import UsageError  # printed as one line, exit code 2
 
     return UsageError(message)
 

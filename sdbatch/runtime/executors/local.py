@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-from ..plan import Job
-from .worker import JobWorker, RunInfo
+from ...core.job import Job
+from ..worker import JobWorker, RunInfo
 
 MAX_IN_FLIGHT = 2
 

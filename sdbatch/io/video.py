@@ -3,7 +3,7 @@
 Everything here is streaming: frames are decoded / encoded one at a time and
 memory use does not grow with clip length.  Heavy imports (numpy,
 imageio_ffmpeg, cv2, PIL) happen lazily inside the functions so that
-``import sdbatch.video`` stays cheap.
+``import sdbatch.io.video`` stays cheap.
 
 Public API
 ----------
@@ -103,7 +103,7 @@ class VideoInfo:
 
 @functools.lru_cache(maxsize=None)
 def _ffmpeg_exe() -> str:
-    import imageio_ffmpeg  # lazy: keeps `import sdbatch.video` fast
+    import imageio_ffmpeg  # lazy: keeps `import sdbatch.io.video` fast
 
     return imageio_ffmpeg.get_ffmpeg_exe()
 

@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import glob as globlib
 import os
-import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Union
@@ -37,6 +36,9 @@ from pydantic import (
     model_validator,
 )
 
+from ..errors import Problem, RecipeError
+from ..sources.specs import check_model_spec, check_pipeline_config, check_vae_spec, check_weights_file
+from .errors import pydantic_problems
 from .yamlio import YamlError, format_path, load_yaml
 
 NAME_PATTERN = r"^[A-Za-z0-9_-]+$"
@@ -236,7 +238,7 @@ Fps = Annotated[float, Field(gt=0, le=240)]
 
 
 def _check_schedule(value: Any) -> str:
-    from .animation.schedule import ScheduleError, as_schedule_text, validate_schedule
+    from ..animation.schedule import ScheduleError, as_schedule_text, validate_schedule
 
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise ValueError("must be a schedule like \"0:(1.0), 30:(1.05)\" or a number")
@@ -417,28 +419,6 @@ class Recipe(_Model):
 
 # ------------------------------------------------------------------------------------------ loading
 @dataclass
-class Problem:
-    line: int
-    path: str
-    message: str
-
-
-@dataclass
-class RecipeError(Exception):
-    """Every problem found in a recipe; ``str()`` gives one ``file:line: field: message`` per line."""
-
-    file: str
-    problems: list[Problem] = field(default_factory=list)
-
-    def __str__(self) -> str:
-        lines = []
-        for p in self.problems:
-            where = f"{self.file}:{p.line}" if p.line else self.file
-            lines.append(f"{where}: {p.path}: {p.message}" if p.path else f"{where}: {p.message}")
-        return "\n".join(lines)
-
-
-@dataclass
 class LoadedRecipe:
     """A validated recipe with where it came from."""
 
@@ -470,66 +450,6 @@ def _merge_defaults(raw: dict) -> dict[tuple, tuple]:
                 stage[key] = value
                 origins[("stages", i, key)] = ("defaults", key)
     return origins
-
-
-_BRANCH_MARKER = re.compile(r"^[A-Z]\w*$|\[|^function-|^literal\[|^int$|^str$")
-
-
-def _pydantic_problems(exc: ValidationError, lines: dict, origins: dict) -> list[Problem]:
-    problems = []
-    for err in exc.errors(include_url=False):
-        loc = list(err["loc"])
-        # drop the discriminator tag pydantic inserts: ('stages', 1, 'img2img', 'strength')
-        if len(loc) >= 3 and loc[0] == "stages" and loc[2] in STAGE_MODELS:
-            del loc[2]
-        # drop internal union/validator markers
-        # drop union-branch markers pydantic inserts ("list[int]", "SeedRange", "function-before[...]")
-        loc = [p for p in loc if not (isinstance(p, str) and _BRANCH_MARKER.search(p))]
-        if loc and loc[-1] == 0 and tuple(loc) not in lines and tuple(loc[:-1]) in lines:
-            loc.pop()  # a scalar the user wrote, wrapped into a one-item sweep list
-        path = tuple(loc)
-        message = err["msg"]
-        kind = err["type"]
-        if kind == "extra_forbidden":
-            message = f"unknown key '{loc[-1]}'"
-        elif kind == "union_tag_invalid":
-            tag = err.get("input", {}).get("type") if isinstance(err.get("input"), dict) else None
-            message = f"unknown stage type {tag!r} (expected one of: {', '.join(STAGE_MODELS)})"
-            path = path + ("type",)
-        elif kind == "union_tag_not_found":
-            message = f"missing 'type' (one of: {', '.join(STAGE_MODELS)})"
-        elif kind == "missing":
-            message = "required"
-        elif kind == "string_pattern_mismatch" and loc and loc[-1] == "name":
-            message = "must contain only letters, digits, '_' and '-'"
-        elif kind == "string_pattern_mismatch" and loc and loc[-1] == "device":
-            message = "must be auto, cpu, cuda, cuda:N or mps"
-        elif message.startswith("Value error, "):
-            message = message[len("Value error, "):]
-        shown = format_path(path)
-        for n in range(len(path), 0, -1):
-            if path[:n] in origins:
-                src = origins[path[:n]] + path[n:]
-                shown = f"{format_path(path)} (from {format_path(src)})"
-                path = src
-                break
-        line = 0
-        for n in range(len(path), -1, -1):
-            if path[:n] in lines:
-                line = lines[path[:n]]
-                break
-        problems.append(Problem(line, shown, message))
-    # one problem per place: unions report each branch; keep the first message per path
-    seen: set[tuple[int, str]] = set()
-    unique = []
-    paths = {p.path for p in problems}
-    for p in problems:
-        if "instance of SeedRange" in p.message and any(q.startswith(p.path + "[") for q in paths):
-            continue  # the list form was meant; its error says more
-        if (p.line, p.path) not in seen:
-            seen.add((p.line, p.path))
-            unique.append(p)
-    return sorted(unique, key=lambda p: p.line)
 
 
 def apply_overrides(raw: Any, overrides: list[str]) -> list[Problem]:
@@ -587,7 +507,7 @@ def parse_recipe(text: str, path: Path, overrides: list[str] | None = None) -> L
     try:
         recipe = Recipe.model_validate(raw)
     except ValidationError as exc:
-        raise RecipeError(file, _pydantic_problems(exc, lines, origins)) from None
+        raise RecipeError(file, pydantic_problems(exc, lines, origins, tuple(STAGE_MODELS))) from None
     loaded = LoadedRecipe(recipe, path, text, lines)
     problems = _check_graph(loaded)
     if problems:
@@ -723,11 +643,6 @@ def _check_files(loaded: LoadedRecipe) -> list[Problem]:
     return problems
 
 
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
-PICKLE_ADVICE = ("pickle files can run code when loaded; convert it to .safetensors, or set "
-                 "'allow_pickle: true' at the top level of the recipe if you trust it")
-
-
 def _where(loaded: LoadedRecipe, i: int, *path: Any) -> tuple[int, str]:
     """(line, shown path) of a stage value that may have come from ``defaults``."""
     own = ("stages", i) + path
@@ -736,56 +651,6 @@ def _where(loaded: LoadedRecipe, i: int, *path: Any) -> tuple[int, str]:
     if ("defaults",) + path[:1] in loaded.lines:
         return _line(loaded, "defaults", *path), f"{format_path(own)} (from {format_path(('defaults',) + path)})"
     return _line(loaded, "stages", i), format_path(own)
-
-
-def check_weights_file(spec: str, base_dir: Path, allow_pickle: bool, what: str) -> str | None:
-    """A problem with a local weights file (a LoRA), or None."""
-    path = Path(spec).expanduser()
-    path = path if path.is_absolute() else base_dir / path
-    if not path.is_file():
-        return f"{spec!r}: no such {what} file (relative to {base_dir})"
-    suffix = path.suffix.lower()
-    if suffix in PICKLE_SUFFIXES and not allow_pickle:
-        return f"{spec!r}: {PICKLE_ADVICE}"
-    if suffix != ".safetensors" and suffix not in PICKLE_SUFFIXES:
-        return f"{spec!r}: a {what} file must be .safetensors"
-    return None
-
-
-def check_vae_spec(spec: str, base_dir: Path, allow_pickle: bool) -> str | None:
-    """A problem with a ``vae:`` value (diffusers folder, hub id or weights file), or None."""
-    path = local_model_path(spec, base_dir)
-    if path is not None:
-        if path.is_file():
-            return check_weights_file(spec, base_dir, allow_pickle, "VAE")
-        if not (path / "config.json").is_file() and not (path / "vae" / "config.json").is_file():
-            return f"{spec!r}: folder is not a diffusers AutoencoderKL (no config.json or vae/config.json)"
-        return None
-    if spec.startswith("sdbatch/"):
-        from .tiny import BUILTIN_MODELS
-
-        return None if spec in BUILTIN_MODELS else f"unknown built-in model {spec!r}"
-    if Path(spec).suffix.lower() in (".safetensors",) + PICKLE_SUFFIXES or spec.startswith((".", "/", "~")):
-        return f"{spec!r}: no such VAE file or folder (relative to {base_dir})"
-    if not HUB_ID.match(spec):
-        return f"{spec!r} is neither a local VAE file/folder nor a hub id like 'org/name'"
-    return None
-
-
-def check_pipeline_config(spec: str, base_dir: Path) -> str | None:
-    """A problem with a ``pipeline_config:`` value (folder with model_index.json, hub id, built-in), or None."""
-    if spec.startswith("sdbatch/"):
-        from .tiny import BUILTIN_MODELS
-
-        return None if spec in BUILTIN_MODELS else f"unknown built-in model {spec!r}"
-    path = local_model_path(spec, base_dir)
-    if path is not None:
-        if not (path / "model_index.json").is_file():
-            return f"{spec!r}: not a diffusers pipeline folder (no model_index.json)"
-        return None
-    if spec.startswith((".", "/", "~")) or not HUB_ID.match(spec):
-        return f"{spec!r}: no such folder (relative to {base_dir}) and not a hub id like 'org/name'"
-    return None
 
 
 def _check_sources(loaded: LoadedRecipe, i: int, stage: StageBase) -> list[Problem]:
@@ -812,43 +677,6 @@ def _check_sources(loaded: LoadedRecipe, i: int, stage: StageBase) -> list[Probl
         if problem:
             problems.append(Problem(_line(loaded, "pipeline_config"), "pipeline_config", problem))
     return problems
-
-
-HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*(@[A-Za-z0-9_./-]+)?$")
-
-
-def local_model_path(spec: str, base_dir: Path) -> Path | None:
-    """The local file or folder a model spec names, or None for a hub id / builtin."""
-    if spec.startswith("sdbatch/"):
-        return None
-    candidate = Path(spec).expanduser()
-    if not candidate.is_absolute():
-        candidate = base_dir / candidate
-    if candidate.exists():
-        return candidate
-    return None
-
-
-def check_model_spec(spec: str, base_dir: Path, allow_pickle: bool = False) -> str | None:
-    """A problem with a model spec that can be seen without loading it, or None."""
-    from .tiny import BUILTIN_MODELS
-
-    if spec.startswith("sdbatch/"):
-        return None if spec in BUILTIN_MODELS else f"unknown built-in model {spec!r} (built-ins: {', '.join(BUILTIN_MODELS)})"
-    path = local_model_path(spec, base_dir)
-    if path is not None:
-        if path.is_file() and path.suffix.lower() not in (".safetensors", ".ckpt", ".pt", ".bin"):
-            return f"{spec!r}: a model file must be .safetensors (or .ckpt with allow_pickle)"
-        if path.is_file() and path.suffix.lower() != ".safetensors" and not allow_pickle:
-            return f"{spec!r} is a pickle checkpoint: {PICKLE_ADVICE}"
-        if path.is_dir() and not (path / "model_index.json").exists() and not (path / "config.json").exists():
-            return f"{spec!r}: folder is not a diffusers model (no model_index.json)"
-        return None
-    if Path(spec).suffix.lower() in (".safetensors", ".ckpt") or spec.startswith((".", "/", "~")):
-        return f"{spec!r}: no such model file or folder (relative to {base_dir})"
-    if not HUB_ID.match(spec):
-        return f"{spec!r} is neither a local model file/folder nor a hub id like 'org/name'"
-    return None
 
 
 def recipe_json_schema() -> dict[str, Any]:

@@ -17,26 +17,23 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 import math
 import os
-import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from .hashing import HashCache
-from .recipe import (
+from ..errors import Problem, RecipeError
+from ..io.hashing import HashCache
+from ..sources.specs import local_model_path, resolve_model
+from .job import InputRef, Job, ModelRef, canonical_json, slugify
+from ..config.recipe import (
     IMAGE_SUFFIXES,
-    SWEEP_KEYS,
     VIDEO_SUFFIXES,
     LoadedRecipe,
-    Problem,
-    RecipeError,
     SeedRange,
     StageBase,
-    local_model_path,
     resolve_input_files,
 )
 
@@ -51,143 +48,6 @@ DEFAULTS: dict[str, Any] = {
 REHEARSE_MAX_SIDE = 64
 REHEARSE_MAX_STEPS = 4
 REHEARSE_MAX_FRAMES = 12
-
-
-# ------------------------------------------------------------------------------------------ models
-@dataclass(frozen=True)
-class ModelRef:
-    """A model's identity. ``revision`` is a hub commit, a file/folder sha256 or a built-in's version."""
-
-    id: str
-    revision: str
-    source: str  # hub | folder | file | builtin
-    path: str | None = None  # where to load it from, when known locally
-
-    def identity(self) -> str:
-        return f"{self.source}:{self.id}@{self.revision}"
-
-
-def hf_cache_dir() -> Path:
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"])
-    home = os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface"
-    return Path(home) / "hub"
-
-
-def cached_hub_snapshot(repo_id: str, revision: str = "main") -> tuple[str, Path] | None:
-    """The (commit, snapshot folder) of a hub model already in the local cache, or None."""
-    folder = hf_cache_dir() / ("models--" + repo_id.replace("/", "--"))
-    if re.fullmatch(r"[0-9a-f]{40}", revision):
-        commit = revision
-    else:
-        try:
-            commit = (folder / "refs" / revision).read_text().strip()
-        except OSError:
-            return None
-    snapshot = folder / "snapshots" / commit
-    return (commit, snapshot) if snapshot.is_dir() else None
-
-
-def rehearsal_model(spec: str, base_dir: Path) -> str:
-    """The built-in tiny model standing in for ``spec`` under --rehearse."""
-    if spec.startswith("sdbatch/"):
-        return spec
-    text = spec.lower()
-    local = local_model_path(spec, base_dir)
-    if local is not None and local.is_dir() and (local / "model_index.json").exists():
-        try:
-            text += json.loads((local / "model_index.json").read_text()).get("_class_name", "").lower()
-        except (OSError, ValueError):
-            pass
-    return "sdbatch/tiny-sdxl" if "xl" in text else "sdbatch/tiny-sd"
-
-
-def resolve_model(spec: str, base_dir: Path, hashes: HashCache, *, rehearse: bool = False) -> ModelRef:
-    """Identify a model without loading it (no torch). Hub models not yet cached stay unresolved."""
-    from .tiny import BUILTIN_MODELS
-
-    if rehearse:
-        spec = rehearsal_model(spec, base_dir)
-    if spec.startswith("sdbatch/"):
-        return ModelRef(spec, BUILTIN_MODELS[spec], "builtin")
-    local = local_model_path(spec, base_dir)
-    if local is not None:
-        if local.is_file():
-            return ModelRef(spec, hashes.file(local), "file", str(local))
-        return ModelRef(spec, hashes.folder(local), "folder", str(local))
-    repo_id, _, revision = spec.partition("@")
-    cached = cached_hub_snapshot(repo_id, revision or "main")
-    if cached:
-        return ModelRef(repo_id, cached[0], "hub", str(cached[1]))
-    return ModelRef(repo_id, f"unresolved:{revision or 'main'}", "hub", None)
-
-
-# -------------------------------------------------------------------------------------------- jobs
-@dataclass
-class InputRef:
-    """An input image: a file (``sha256`` known) or another job's output (``job_id`` set)."""
-
-    path: str  # recipe-relative/absolute file path, or output-folder-relative path of a stage output
-    sha256: str | None = None
-    job_id: str | None = None
-
-    def identity(self) -> str:
-        return f"job:{self.job_id}" if self.job_id else f"file:{self.sha256}"
-
-
-@dataclass
-class Job:
-    job_id: str
-    stage: str
-    type: str
-    prompt: str
-    negative_prompt: str
-    seed: int
-    params: dict[str, Any]
-    model: ModelRef
-    device: str
-    dtype: str
-    output: str  # path relative to the output folder
-    inputs: list[InputRef] = field(default_factory=list)
-    mask: InputRef | None = None
-    options: dict[str, Any] = field(default_factory=dict)  # performance options: not part of the id
-    aux_models: dict[str, ModelRef] = field(default_factory=dict)  # e.g. {"depth": ...} (in params by identity)
-
-    @property
-    def deps(self) -> list[str]:
-        return [ref.job_id for ref in self.inputs if ref.job_id]
-
-    @property
-    def frames_dir(self) -> str:
-        """Where a video job's frames go (relative to the output folder): beside its mp4, in ``frames/``."""
-        return str(Path(self.output).parent / "frames")
-
-    @property
-    def batch_key(self) -> tuple:
-        """Jobs with equal keys may be rendered in one batch."""
-        p = self.params
-        return (self.stage, self.model.identity(), self.device, self.dtype, p.get("width"), p.get("height"),
-                p.get("steps"), p.get("scheduler"), p.get("guidance"), p.get("strength"),
-                json.dumps(p.get("loras")), p.get("vae"), p.get("pipeline_config"))
-
-    def to_json(self, status: str | None = None) -> dict[str, Any]:
-        data = {
-            "job_id": self.job_id,
-            "stage": self.stage,
-            "type": self.type,
-            "prompt": self.prompt,
-            "negative_prompt": self.negative_prompt,
-            "seed": self.seed,
-            "params": self.params,
-            "model": {"id": self.model.id, "revision": self.model.revision},
-            "inputs": [{"path": r.path, "sha256": r.sha256, "job_id": r.job_id} for r in self.inputs],
-            "output": self.output,
-        }
-        if self.mask:
-            data["mask"] = {"path": self.mask.path, "sha256": self.mask.sha256}
-        if status is not None:
-            data["status"] = status
-        return data
 
 
 @dataclass
@@ -207,15 +67,6 @@ class Plan:
         for job in self.jobs:
             counts[job.stage] += 1
         return counts
-
-
-def slugify(text: str, limit: int = 40) -> str:
-    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-    return slug[:limit].rstrip("-") or "image"
-
-
-def canonical_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def stage_order(loaded: LoadedRecipe) -> list[str]:
@@ -312,7 +163,7 @@ class _Planner:
         return out
 
     def video_source(self, index: int, stage: StageBase, value: str) -> tuple:
-        from .video import VideoError, probe_video, select_frames
+        from ..io.video import VideoError, probe_video, select_frames
 
         path = Path(value).expanduser()
         path = path if path.is_absolute() else self.base / path
@@ -477,7 +328,7 @@ class _Planner:
 
     def config_ref(self, spec: str) -> ModelRef:
         """Where a single-file model's pipeline configs come from (a hub id is fetched by diffusers: configs only)."""
-        from .tiny import BUILTIN_MODELS
+        from ..sources.tiny import BUILTIN_MODELS
 
         if spec.startswith("sdbatch/"):
             return ModelRef(spec, BUILTIN_MODELS[spec], "builtin")
@@ -488,7 +339,7 @@ class _Planner:
 
     def check_schedules(self, index: int, params: dict[str, Any]) -> None:
         """Evaluate every schedule over the animation's frames now, not at frame 3 at 3 a.m."""
-        from .animation.schedule import ScheduleError, evaluate_schedule
+        from ..animation.schedule import ScheduleError, evaluate_schedule
 
         frames = params["frames"]
         named = [((key,), params[key]) for key in ("strength", "noise", "contrast", "guidance")]

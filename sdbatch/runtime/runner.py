@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -20,13 +19,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .artifacts import clean_temp_files, read_png_record
-from .hashing import sha256_bytes, sha256_file
-from .manifest import MANIFEST_NAME, Manifest
-from .plan import Job, Plan
-from .recipe import LoadedRecipe
+from ..io.artifacts import clean_temp_files, read_png_record
+from ..io.hashing import sha256_bytes, sha256_file
+from ..io.manifest import MANIFEST_NAME, Manifest
+from ..core.job import Job
+from ..core.plan import Plan
+from ..config.recipe import LoadedRecipe
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+from ..errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE  # noqa: F401
 
 
 def now_iso() -> str:
@@ -219,7 +219,7 @@ def run_plan(loaded: LoadedRecipe, plan: Plan, *, force: bool = False, only: lis
              reporter: Any = None) -> RunOutcome:
     """Render every pending job of ``plan`` into ``plan.out_dir``; returns the outcome and exit code."""
     from .executors import make_executor
-    from .executors.worker import RunInfo, software_versions
+    from .worker import RunInfo, software_versions
     from .progress import Reporter
 
     out_dir = plan.out_dir

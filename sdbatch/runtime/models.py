@@ -32,7 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .plan import Job, ModelRef
+from ..core.job import Job, ModelRef
+from ..errors import ModelUnavailable
 
 TASKS = ("text2img", "img2img", "inpaint")
 
@@ -50,10 +51,6 @@ SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
     "heun": ("HeunDiscreteScheduler", {}),
     "lcm": ("LCMScheduler", {}),
 }
-
-
-class ModelUnavailable(RuntimeError):
-    """A model that cannot be fetched or loaded; the message is one line for the user."""
 
 
 def resolve_device(device: str) -> str:
@@ -219,7 +216,7 @@ class ModelBank:
     def _read_lora(path: Path, sha256: str, allow_pickle: bool) -> dict[str, Any]:
         """A LoRA file's state dict (safetensors; pickle formats only with ``allow_pickle``), checked against
         the sha256 the plan recorded."""
-        from .hashing import sha256_file
+        from ..io.hashing import sha256_file
 
         if sha256_file(path) != sha256:
             raise RuntimeError(f"LoRA {path} changed since the plan was made (sha256 differs); re-run")
@@ -263,7 +260,7 @@ class ModelBank:
 
     def sampler_name(self, job: Job) -> str:
         """A1111's name of the sampler a job used (the model's own scheduler for ``default``)."""
-        from .artifacts import SAMPLER_BY_CLASS, SAMPLER_NAMES
+        from ..io.artifacts import SAMPLER_BY_CLASS, SAMPLER_NAMES
 
         name = job.params.get("scheduler", "default")
         if name != "default" or self.key(job) not in self._bases:
@@ -306,7 +303,7 @@ class ModelBank:
     @staticmethod
     def _local_source(model: ModelRef) -> Path:
         if model.source == "builtin":
-            from .tiny import builtin_model_path
+            from ..sources.tiny import builtin_model_path
 
             return Path(builtin_model_path(model.id))
         if model.path:
@@ -319,7 +316,7 @@ class ModelBank:
         if ref is None:
             return None
         if ref.source == "builtin":
-            from .tiny import builtin_model_path
+            from ..sources.tiny import builtin_model_path
 
             return str(builtin_model_path(ref.id))
         return ref.path or ref.id

@@ -1,4 +1,4 @@
-"""Executors run a list of jobs through :class:`~sdbatch.executors.worker.JobWorker`s.
+"""Executors run a list of jobs through :class:`~sdbatch.runtime.worker.JobWorker`s.
 
 ``local`` (default) renders in this process; ``ray`` spreads batches over a Ray cluster. Both call the
 same worker, so outputs, names, pixels and manifest lines are the same.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .worker import RunInfo
+from ..worker import RunInfo
 
 EXECUTORS = ("local", "ray")
 

@@ -1,7 +1,7 @@
 """The stage runner shared by every executor.
 
 :class:`JobWorker` follows Ray Data's callable-class pattern: it loads models once (lazily, in its
-:class:`~sdbatch.models.ModelBank`) and renders a batch of jobs per ``__call__``, writing each output file
+:class:`~sdbatch.runtime.models.ModelBank`) and renders a batch of jobs per ``__call__``, writing each output file
 atomically and returning (or emitting) the manifest records. The driver alone appends to the manifest.
 """
 
@@ -15,9 +15,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from ..artifacts import move_into_place, save_png
-from ..hashing import sha256_file
-from ..plan import Job
+from ..io.artifacts import move_into_place, save_png
+from ..io.hashing import sha256_file
+from ..core.job import Job
 
 Emit = Callable[[dict[str, Any]], None]
 
@@ -130,8 +130,8 @@ class JobWorker:
     """
 
     def __init__(self, run: RunInfo):
-        from ..models import ModelBank
-        from ..quiet import quiet_libraries
+        from .models import ModelBank
+        from .quiet import quiet_libraries
         from ..stages.base import StageContext
 
         quiet_libraries()
@@ -224,7 +224,7 @@ class JobWorker:
     def _record(self, item: Any, seconds: float, batch: list[Job] | None = None) -> dict[str, Any]:
         import torch
 
-        from ..models import resolve_device
+        from .models import resolve_device
 
         job: Job = item.job
         inputs = []

@@ -4,11 +4,11 @@ An output's record (its manifest line) comes from the PNG's ``sdbatch`` text chu
 without the chunk, from the ``manifest.jsonl`` of the output folder the file lives in (the nearest parent
 folder holding one, matched by the file's path relative to that folder).
 
-``reproduce`` rebuilds the :class:`~sdbatch.plan.Job` from the record alone, finds the model (built-in by
+``reproduce`` rebuilds the :class:`~sdbatch.core.plan.Job` from the record alone, finds the model (built-in by
 name, a hub model in the local cache at the recorded commit, a local file or folder by its recorded path,
 checked against its recorded hash) and the inputs (stage outputs relative to the output folder, files
 relative to the recipe's folder, each checked against its recorded sha256), renders it with a
-:class:`~sdbatch.executors.worker.JobWorker` and compares the pixels with the given file.
+:class:`~sdbatch.runtime.worker.JobWorker` and compares the pixels with the given file.
 
 Match rule: **exact** (every channel of every pixel equal), no tolerance. PNG is lossless, so an untouched
 file decodes to exactly the pixels that were rendered, and a job renders bit-identically again with the
@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .manifest import MANIFEST_NAME, read_records
+from ..io.manifest import MANIFEST_NAME, read_records
 
 EXIT_MATCH, EXIT_DIFFERS, EXIT_CANNOT = 0, 1, 2
 REPRODUCIBLE_TYPES = ("generate", "img2img", "inpaint")
@@ -98,7 +98,7 @@ def _out_dir_from_record(file: Path, record: dict[str, Any]) -> Path | None:
 
 def find_record(path: Path) -> Found:
     """The record of an output file. Raises :class:`ProvenanceError` (missing file, no metadata)."""
-    from .artifacts import read_png_record
+    from ..io.artifacts import read_png_record
 
     file = _abs(path)
     if not file.exists():
@@ -213,7 +213,7 @@ def describe(found: Found) -> list[str]:
 
 def _check_manifest_hash(found: Found) -> None:
     """Note when the file is not the one the manifest recorded (a re-saved or edited file)."""
-    from .hashing import sha256_file
+    from ..io.hashing import sha256_file
 
     recorded = (found.manifest_record or {}).get("sha256")
     if recorded and sha256_file(found.file) != recorded:
@@ -243,7 +243,7 @@ def _recipe_dirs(found: Found) -> list[Path]:
     then those holding a file of that name. A relative recipe path was relative to where ``sdbatch run``
     started: tried against the recorded ``dir`` (when the record has one), this working directory and the
     output folder's parents."""
-    from .hashing import sha256_file
+    from ..io.hashing import sha256_file
 
     recipe = found.record.get("recipe") or {}
     rp = recipe.get("path")
@@ -280,7 +280,7 @@ def _search_bases(found: Found, recipe_dirs: list[Path]) -> list[Path]:
 
 def _hash_cache_lookup(digest: str, rel: str) -> Path | None:
     """A file this machine hashed before (planning hashes every input) with ``digest``, ending in ``rel``."""
-    from .hashing import HashCache
+    from ..io.hashing import HashCache
 
     tail = PurePosixPath(rel).parts
     for real, entry in HashCache.open().entries.items():
@@ -292,7 +292,7 @@ def _hash_cache_lookup(digest: str, rel: str) -> Path | None:
 
 
 def _locate_input(entry: dict[str, Any], found: Found, stage_outputs: set[str], bases: list[Path]) -> Path:
-    from .hashing import sha256_file
+    from ..io.hashing import sha256_file
 
     rel = entry.get("path")
     digest = entry.get("sha256")
@@ -327,68 +327,20 @@ def _locate_input(entry: dict[str, Any], found: Found, stage_outputs: set[str], 
     raise ProvenanceError(f"{what} {rel} not found (looked in {looked}){hint}")
 
 
-def _resolve_model(model_id: Any, revision: Any, source: Any, bases: list[Path], what: str = "model") -> Any:
-    """A ModelRef for a recorded model identity, found locally and checked (or fetched, for a hub commit)."""
-    from .hashing import HashCache
-    from .plan import ModelRef, cached_hub_snapshot
+def _recorded_model(model_id: Any, revision: Any, source: Any, bases: list[Path], what: str = "model") -> Any:
+    from ..errors import ModelUnavailable
+    from ..sources.specs import locate_recorded_model
 
-    if not isinstance(model_id, str) or not isinstance(revision, str):
-        raise ProvenanceError(f"the record names no {what}")
-    if source == "builtin" or (source is None and model_id.startswith("sdbatch/")):
-        from .tiny import BUILTIN_MODELS
-
-        if model_id not in BUILTIN_MODELS:
-            raise ProvenanceError(f"built-in {what} {model_id!r} no longer exists")
-        if BUILTIN_MODELS[model_id] != revision:
-            raise ProvenanceError(f"built-in {what} {model_id} is now {BUILTIN_MODELS[model_id]}, the output was made "
-                                  f"with {revision}: it cannot be reproduced with this sdbatch")
-        return ModelRef(model_id, revision, "builtin")
-    if source in ("file", "folder"):
-        spec = Path(model_id).expanduser()
-        candidates = [spec] if spec.is_absolute() else [base / spec for base in bases]
-        hashes = HashCache.open()
-        seen_other = None
-        try:
-            for candidate in dict.fromkeys(candidates):
-                if not candidate.exists() or candidate.is_file() != (source == "file"):
-                    continue
-                digest = hashes.file(candidate) if source == "file" else hashes.folder(candidate)
-                if digest == revision:
-                    return ModelRef(model_id, revision, source, str(candidate))
-                seen_other = seen_other or candidate
-        finally:
-            hashes.save()
-        if seen_other is not None:
-            raise ProvenanceError(f"{what} {model_id} has changed since this output was made (its hash is no longer "
-                                  f"{_short(revision)}): {seen_other}")
-        raise ProvenanceError(f"{what} {model_id} not found (a path relative to the recipe's folder: run reproduce "
-                              "next to the recipe)")
-    if source in ("hub", None):
-        if revision.startswith("unresolved:"):
-            raise ProvenanceError(f"the record has no commit for hub {what} {model_id}")
-        cached = cached_hub_snapshot(model_id, revision)
-        if cached:
-            return ModelRef(model_id, cached[0], "hub", str(cached[1]))
-        from .models import ModelUnavailable, fetch_hub_model
-
-        try:
-            return fetch_hub_model(ModelRef(model_id, revision, "hub", None))
-        except ModelUnavailable as exc:
-            raise ProvenanceError(f"{exc} (needed at commit {revision[:12]})") from None
-    raise ProvenanceError(f"unknown {what} source {source!r}")
-
-
-def _parse_identity(identity: str) -> tuple[str, str, str]:
-    """``source:id@revision`` (``ModelRef.identity()``) -> (id, revision, source)."""
-    source, _, rest = identity.partition(":")
-    model_id, _, revision = rest.rpartition("@")
-    return model_id, revision, source
+    try:
+        return locate_recorded_model(model_id, revision, source, bases, what)
+    except ModelUnavailable as exc:
+        raise ProvenanceError(str(exc)) from None
 
 
 def _aux_models(params: dict[str, Any], found: Found, bases: list[Path]) -> dict[str, Any]:
     """The job's extra model sources recorded in its params: LoRA files, a VAE override, a pipeline config."""
-    from .plan import ModelRef
-    from .recipe import local_model_path
+    from ..core.job import ModelRef
+    from ..sources.specs import local_model_path, parse_identity
 
     aux: dict[str, Any] = {}
     for lora in params.get("loras") or []:
@@ -396,11 +348,11 @@ def _aux_models(params: dict[str, Any], found: Found, bases: list[Path]) -> dict
         path = _locate_input(entry, found, set(), bases)
         aux[f"lora:{lora['sha256']}"] = ModelRef(lora["path"], lora["sha256"], "file", str(path))
     if isinstance(params.get("vae"), str):
-        aux["vae"] = _resolve_model(*_parse_identity(params["vae"]), bases, what="VAE")
+        aux["vae"] = _recorded_model(*parse_identity(params["vae"]), bases, what="VAE")
     config = params.get("pipeline_config")
     if isinstance(config, str):
         if config.startswith("sdbatch/"):
-            from .tiny import BUILTIN_MODELS
+            from ..sources.tiny import BUILTIN_MODELS
 
             aux["pipeline_config"] = ModelRef(config, BUILTIN_MODELS.get(config, "?"), "builtin")
         else:
@@ -412,7 +364,7 @@ def _aux_models(params: dict[str, Any], found: Found, bases: list[Path]) -> dict
 
 def build_job(found: Found) -> tuple[Any, dict[str, Path], list[Path]]:
     """The Job of ``found``'s record, with every input located and checked; plus {input path: file}."""
-    from .plan import InputRef, Job
+    from ..core.job import InputRef, Job
 
     r = found.record
     kind = r.get("type")
@@ -453,7 +405,7 @@ def build_job(found: Found) -> tuple[Any, dict[str, Path], list[Path]]:
     if kind == "inpaint" and mask is None:
         raise ProvenanceError(f"{found.file.name}: the record of this inpaint output names no mask")
     model = r.get("model") or {}
-    model = _resolve_model(model.get("id"), model.get("revision"), model.get("source"), bases)
+    model = _recorded_model(model.get("id"), model.get("revision"), model.get("source"), bases)
     aux = _aux_models(r["params"], found, bases)
     device, dtype = _device_for(r)
     options = {k: v for k, v in (r.get("options") or {}).items() if k not in ("batch_size", "previews")}
@@ -513,7 +465,7 @@ def _maybe_batched(record: dict[str, Any]) -> bool:
 
 def _differences(record: dict[str, Any], job: Any, threads: int, batch_size: int) -> list[str]:
     """Why pixels may legitimately differ: environment differences from the record."""
-    from .executors.worker import software_versions
+    from ..runtime.worker import software_versions
 
     reasons = []
     if job.device == "cpu":
@@ -600,8 +552,8 @@ def _render_and_compare(found: Found, job: Any, jobs: list[Any], located: dict[s
                         out_dir: Path, target: Path, keep: bool) -> int:
     import numpy as np
 
-    from .executors.worker import JobWorker, RunInfo, software_versions
-    from .stages.base import StageContext
+    from ..runtime.worker import JobWorker, RunInfo, software_versions
+    from ..stages.base import StageContext
 
     class _Context(StageContext):
         def input_path(self, ref: Any) -> Path:  # inputs where they were found, not where the run put them

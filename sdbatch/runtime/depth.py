@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from .plan import ModelRef
+from ..core.job import ModelRef
 
 __all__ = [
     "MIDAS_DISPARITY_RANGE",
@@ -52,8 +52,9 @@ _METRIC_MODEL_TYPES = {"zoedepth", "glpn", "depth_pro"}
 
 def depth_model_folder(source: ModelRef | str | Path) -> Path:
     """The local folder of a depth model: a :class:`ModelRef`, a built-in name, a folder, or a hub id."""
-    from .models import ModelUnavailable, fetch_hub_model
-    from .tiny import BUILTIN_MODELS, builtin_model_path
+    from ..errors import ModelUnavailable
+    from .models import fetch_hub_model
+    from ..sources.tiny import BUILTIN_MODELS, builtin_model_path
 
     if isinstance(source, ModelRef):
         if source.source == "builtin":
@@ -69,7 +70,7 @@ def depth_model_folder(source: ModelRef | str | Path) -> Path:
     folder = Path(text).expanduser()
     if folder.is_dir():
         return folder
-    from .plan import cached_hub_snapshot
+    from ..sources.specs import cached_hub_snapshot
 
     repo_id, _, revision = text.partition("@")
     cached = cached_hub_snapshot(repo_id, revision or "main")
@@ -83,12 +84,12 @@ def load_depth_model(source: ModelRef | str | Path, device: str = "cpu", dtype: 
     """``(model, processor)`` of a transformers depth-estimation model, in eval mode on ``device``.
 
     Any model ``AutoModelForDepthEstimation`` knows works (Depth Anything V1/V2, DPT, ZoeDepth, GLPN, ...).
-    Raises :class:`sdbatch.models.ModelUnavailable` with one line when it cannot be loaded.
+    Raises :class:`sdbatch.runtime.models.ModelUnavailable` with one line when it cannot be loaded.
     """
     import torch
     from transformers import AutoImageProcessor, AutoModelForDepthEstimation
 
-    from .models import ModelUnavailable
+    from ..errors import ModelUnavailable
 
     folder = depth_model_folder(source)
     name = source.id if isinstance(source, ModelRef) else str(source)

@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from .artifacts import atomic_write_bytes
-from .manifest import MANIFEST_NAME, read_records
+from ..io.artifacts import atomic_write_bytes
+from ..io.manifest import MANIFEST_NAME, read_records
 
 GALLERY_NAME = "index.html"
 GRID_NAME = "grid.png"
