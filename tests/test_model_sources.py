@@ -17,13 +17,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
 import pytest
+from conftest import png_pixels as pixels
+from conftest import run_cli
+
+
+def generate_params(**values):
+    """Typed params of a generate job (as the planner makes them)."""
+    from sdbatch.core.params import make_params
+    from sdbatch.stages.generate import GenerateStage
+
+    base = {"steps": 2, "scheduler": "default", "width": 32, "height": 32, "guidance": 7.0}
+    return make_params(GenerateStage, {**base, **values})
 
 SIZE = 64
 STEPS = 4
-
-
-from conftest import png_pixels as pixels
-from conftest import run_cli
 
 # one intra-op thread in the CLI subprocesses and for in-process reference renders: the same float sums on
 # both sides (thread count can move a pixel by a level) and no OpenMP oversubscription on a busy CPU
@@ -303,7 +310,9 @@ def test_sdxl_still_image_stages(rendered):
 @pytest.mark.parametrize("one, three", [("b1", "b3"), ("xb1", "xb3")])
 def test_batched_equals_unbatched(rendered, one, three):
     out, records = rendered
-    key = lambda r: (r["prompt"], r["negative_prompt"], r["seed"])  # noqa: E731
+    def key(r: dict) -> tuple:
+        return r["prompt"], r["negative_prompt"], r["seed"]
+
     singles = {key(r): pixels(out / r["path"]) for r in records[one]}
     batched = {key(r): pixels(out / r["path"]) for r in records[three]}
     assert len(singles) == len(batched) == 4 and singles.keys() == batched.keys()
@@ -315,9 +324,9 @@ def test_batched_equals_unbatched(rendered, one, three):
 def test_lora_file_is_in_job_identity(project, tmp_path):
     import shutil
 
-    from sdbatch.io.hashing import HashCache
-    from sdbatch.core.plan import build_plan
     from sdbatch.config.recipe import load_recipe
+    from sdbatch.core.plan import build_plan
+    from sdbatch.io.hashing import HashCache
 
     copy = tmp_path / "p"
     shutil.copytree(project, copy, ignore=shutil.ignore_patterns("out"))
@@ -336,17 +345,18 @@ def test_prompt_embeddings_equal_strings_and_encode_once(tmp_path, one_thread):
     """A batch with repeated prompts: each distinct text is encoded once; pixels equal the string call."""
     import torch
 
-    from sdbatch.runtime.models import ModelBank
     from sdbatch.core.job import Job, ModelRef
+    from sdbatch.core.params import RunOptions
+    from sdbatch.runtime.models import ModelBank
     from sdbatch.stages.base import StageContext
-    from sdbatch.stages.generate import prompt_kwargs
+    from sdbatch.stages.diffusion import prompt_kwargs
 
     bank = ModelBank()
     ctx = StageContext(bank, tmp_path, tmp_path)
 
     def job(prompt: str, negative: str, seed: int) -> Job:
-        return Job(f"{seed:064d}", "s", "generate", prompt, negative, seed, {"scheduler": "default"},
-                   ModelRef("sdbatch/tiny-sd", "v1", "builtin"), "cpu", "float32", "s/x.png")
+        return Job(f"{seed:064d}", "s", "generate", prompt, negative, seed, generate_params(),
+                   ModelRef("sdbatch/tiny-sd", "v1", "builtin"), "cpu", "float32", "s/x.png", options=RunOptions())
 
     jobs = [job("a cat", "", 1), job("a cat", "ugly", 2), job("the dog", "", 3)]
     pipe = bank.pipeline(jobs[0], "text2img")
@@ -359,7 +369,7 @@ def test_prompt_embeddings_equal_strings_and_encode_once(tmp_path, one_thread):
 
     pipe.encode_prompt = counting
     try:
-        common = dict(num_inference_steps=2, guidance_scale=7.0, width=SIZE, height=SIZE, output_type="np")
+        common = {"num_inference_steps": 2, "guidance_scale": 7.0, "width": SIZE, "height": SIZE, "output_type": "np"}
         embedded = pipe(**prompt_kwargs(pipe, jobs, ctx, 7.0), **common,
                         generator=[torch.Generator("cpu").manual_seed(j.seed) for j in jobs]).images
         calls = [c for c in calls if c is not None]  # the pipeline calls it once more, with the embeddings
@@ -393,14 +403,15 @@ def test_ckpt_refused_without_allow_pickle(tmp_path):
 def test_ckpt_refused_at_load_time(tmp_path):
     import torch
 
+    from sdbatch.core.job import Job, ModelRef
+    from sdbatch.core.params import RunOptions
     from sdbatch.errors import ModelUnavailable
     from sdbatch.runtime.models import ModelBank
-    from sdbatch.core.job import Job, ModelRef
 
     ckpt = tmp_path / "old.ckpt"
     ckpt.write_bytes(b"never unpickled")
-    job = Job("0" * 64, "s", "generate", "x", "", 0, {"scheduler": "default"},
-              ModelRef("old.ckpt", "abc", "file", str(ckpt)), "cpu", "float32", "s/x.png")
+    job = Job("0" * 64, "s", "generate", "x", "", 0, generate_params(),
+              ModelRef("old.ckpt", "abc", "file", str(ckpt)), "cpu", "float32", "s/x.png", options=RunOptions())
     with pytest.raises(ModelUnavailable, match="allow_pickle"):
         ModelBank().base(job)
     with pytest.raises(ModelUnavailable, match="allow_pickle"):

@@ -15,7 +15,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import pytest
 
-import sdbatch.sources.tiny as tiny
+from sdbatch.sources import tiny
 
 SIZE = 64
 PIPE_MODELS = ["sdbatch/tiny-sd", "sdbatch/tiny-sdxl"]
@@ -245,7 +245,7 @@ def test_txt2img(t2i_pipes, name):
     assert pipe.text_encoder.config.vocab_size >= len(pipe.tokenizer)
     assert pipe.text_encoder.config.max_position_embeddings == 77
 
-    kw = dict(prompt="a photo of a cat", num_inference_steps=2, output_type="np")
+    kw = {"prompt": "a photo of a cat", "num_inference_steps": 2, "output_type": "np"}
     a = pipe(**kw, generator=_gen(1)).images
     b = pipe(**kw, generator=_gen(1)).images
     c = pipe(**kw, generator=_gen(2)).images
@@ -266,7 +266,7 @@ def test_img2img_and_inpaint(t2i_pipes, init_image, mask_image, name):
     i2i = AutoPipelineForImage2Image.from_pipe(pipe)
     i2i.set_progress_bar_config(disable=True)
     assert "Img2Img" in type(i2i).__name__
-    kw = dict(prompt="a dog", image=init_image, strength=0.75, num_inference_steps=4)
+    kw = {"prompt": "a dog", "image": init_image, "strength": 0.75, "num_inference_steps": 4}
     a = i2i(**kw, generator=_gen(1)).images[0]
     b = i2i(**kw, generator=_gen(1)).images[0]
     assert a.size == (SIZE, SIZE)
@@ -276,7 +276,7 @@ def test_img2img_and_inpaint(t2i_pipes, init_image, mask_image, name):
     inp.set_progress_bar_config(disable=True)
     assert "Inpaint" in type(inp).__name__
     assert inp.unet.config.in_channels == 4  # legacy 4-channel inpainting
-    kw = dict(prompt="a dog", image=init_image, mask_image=mask_image, num_inference_steps=2)
+    kw = {"prompt": "a dog", "image": init_image, "mask_image": mask_image, "num_inference_steps": 2}
     a = inp(**kw, generator=_gen(1)).images[0]
     b = inp(**kw, generator=_gen(1)).images[0]
     assert a.size == (SIZE, SIZE)
@@ -292,7 +292,7 @@ def test_sd_components_roundtrip_through_local_folder(tmp_path):
     direct.save_pretrained(tmp_path / "local", safe_serialization=True)
     loaded = StableDiffusionPipeline.from_pretrained(tmp_path / "local")
     loaded.set_progress_bar_config(disable=True)
-    kw = dict(prompt="a cat", num_inference_steps=2, output_type="np")
+    kw = {"prompt": "a cat", "num_inference_steps": 2, "output_type": "np"}
     assert np.array_equal(direct(**kw, generator=_gen(1)).images, loaded(**kw, generator=_gen(1)).images)
     # a different seed gives different weights
     other = tiny.build_tiny_sd_components(seed=1)["unet"]

@@ -2,7 +2,8 @@
 
 A depth model is loaded with the standard transformers classes, ``AutoModelForDepthEstimation`` and
 ``AutoImageProcessor``, from a local folder, a built-in (``sdbatch/tiny-depth``, built offline on first use)
-or a hub snapshot (already cached, or fetched once)::
+or a hub snapshot (already cached, or fetched once), found by :mod:`sdbatch.sources.specs` and loaded under
+its pickle policy (``.safetensors`` weights only, unless ``allow_pickle``)::
 
     model, processor = load_depth_model("depth-anything/Depth-Anything-V2-Small-hf")
     depth = estimate_depth(model, processor, rgb)      # rgb: HxWx3 uint8 -> HxW float64
@@ -32,10 +33,13 @@ from typing import Any
 import numpy as np
 
 from ..core.job import ModelRef
+from ..errors import ModelUnavailable
+from ..sources.specs import locate_model, model_folder
+from ..sources.weights import ensure_loadable, safetensors_only
 
 __all__ = [
-    "MIDAS_DISPARITY_RANGE",
     "METRIC_MIN_DEPTH",
+    "MIDAS_DISPARITY_RANGE",
     "depth_kind",
     "depth_model_folder",
     "estimate_depth",
@@ -52,50 +56,28 @@ _METRIC_MODEL_TYPES = {"zoedepth", "glpn", "depth_pro"}
 
 def depth_model_folder(source: ModelRef | str | Path) -> Path:
     """The local folder of a depth model: a :class:`ModelRef`, a built-in name, a folder, or a hub id."""
-    from ..errors import ModelUnavailable
-    from .models import fetch_hub_model
-    from ..sources.tiny import BUILTIN_MODELS, builtin_model_path
-
-    if isinstance(source, ModelRef):
-        if source.source == "builtin":
-            return Path(builtin_model_path(source.id))
-        if source.path:
-            return Path(source.path)
-        if source.source == "hub":
-            return Path(fetch_hub_model(source, pipeline=False).path or "")
-        raise ModelUnavailable(f"depth model {source.id!r} has no local files")
-    text = str(source)
-    if text in BUILTIN_MODELS:
-        return Path(builtin_model_path(text))
-    folder = Path(text).expanduser()
-    if folder.is_dir():
-        return folder
-    from ..sources.specs import cached_hub_snapshot
-
-    repo_id, _, revision = text.partition("@")
-    cached = cached_hub_snapshot(repo_id, revision or "main")
-    if cached:
-        return cached[1]
-    ref = ModelRef(repo_id, f"unresolved:{revision or 'main'}", "hub", None)
-    return Path(fetch_hub_model(ref, pipeline=False).path or "")
+    ref = source if isinstance(source, ModelRef) else locate_model(str(source), Path.cwd())
+    return model_folder(ref, pipeline=False)
 
 
-def load_depth_model(source: ModelRef | str | Path, device: str = "cpu", dtype: Any = None) -> tuple[Any, Any]:
+def load_depth_model(source: ModelRef | str | Path, device: str = "cpu", dtype: Any = None,
+                     allow_pickle: bool = False) -> tuple[Any, Any]:
     """``(model, processor)`` of a transformers depth-estimation model, in eval mode on ``device``.
 
     Any model ``AutoModelForDepthEstimation`` knows works (Depth Anything V1/V2, DPT, ZoeDepth, GLPN, ...).
-    Raises :class:`sdbatch.runtime.models.ModelUnavailable` with one line when it cannot be loaded.
+    Raises :class:`sdbatch.errors.ModelUnavailable` with one line when it cannot be loaded (pickle weights
+    among them, unless ``allow_pickle``).
     """
     import torch
     from transformers import AutoImageProcessor, AutoModelForDepthEstimation
 
-    from ..errors import ModelUnavailable
-
     folder = depth_model_folder(source)
     name = source.id if isinstance(source, ModelRef) else str(source)
+    ensure_loadable(folder, allow_pickle, f"depth model {name!r}")
     try:
         processor = AutoImageProcessor.from_pretrained(str(folder))
-        model = AutoModelForDepthEstimation.from_pretrained(str(folder), dtype=dtype or torch.float32)
+        model = AutoModelForDepthEstimation.from_pretrained(str(folder), dtype=dtype or torch.float32,
+                                                            use_safetensors=safetensors_only(allow_pickle))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelUnavailable(f"depth model {name!r} could not be loaded: {first[:200]}") from None

@@ -13,7 +13,10 @@ Model sources from the recipe:
 * a single checkpoint file (original LDM/SGM layout) loads with ``<Pipeline>.from_single_file``; diffusers
   needs the pipeline's configs and tokenizers, taken from ``pipeline_config:`` (a folder with
   model_index.json, a hub id - configs only - or a built-in) when given, else from diffusers' default repo
-  for the inferred model type (hub or its cache). Pickle files (.ckpt/.pt/.bin) need ``allow_pickle``.
+  for the inferred model type (hub or its cache).
+* which weights may be loaded is :mod:`sdbatch.sources.weights`' pickle policy, the same one the recipe
+  checks apply: pickle files (.ckpt/.pt/.pth/.bin) need ``allow_pickle``, and diffusers folders load with
+  ``use_safetensors=True`` unless it is set.
 * ``loras:`` are PEFT adapters loaded once per base model (``load_lora_weights``) and activated per job
   with ``set_adapters`` at the job's weights; jobs without LoRAs run with adapters disabled (exactly the
   base model), so LoRA sets never leak from one job into another.
@@ -27,13 +30,16 @@ Example::
 
 from __future__ import annotations
 
-import os
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..core.job import Job, ModelRef
 from ..errors import ModelUnavailable
+from ..sources.hub import pipeline_index
+from ..sources.specs import config_source, model_folder
+from ..sources.weights import ensure_loadable, safetensors_only
 
 TASKS = ("text2img", "img2img", "inpaint")
 
@@ -73,31 +79,6 @@ def resolve_dtype(dtype: str, device: str) -> Any:
     return getattr(torch, dtype)
 
 
-def fetch_hub_model(model: ModelRef, pipeline: bool = True) -> ModelRef:
-    """Download (or find in the cache) a hub model; return it with its commit and snapshot folder.
-
-    The token comes from ``HF_TOKEN`` or ``hf auth login``, handled by huggingface_hub; it is never logged.
-    """
-    if model.source != "hub" or model.path:
-        return model
-    revision = model.revision.removeprefix("unresolved:")
-    try:
-        if pipeline:
-            from diffusers import DiffusionPipeline
-
-            folder = Path(DiffusionPipeline.download(model.id, revision=revision))
-        else:
-            from huggingface_hub import snapshot_download
-
-            folder = Path(snapshot_download(model.id, revision=revision))
-    except Exception as exc:  # noqa: BLE001 - any fetch failure becomes one line
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelUnavailable(
-            f"model {model.id!r} could not be fetched ({reason[:160]}); check the name and your network "
-            f"or HF_TOKEN, or try the recipe offline with --rehearse") from None
-    return ModelRef(model.id, folder.name, "hub", str(folder))
-
-
 @dataclass(frozen=True)
 class LoadKey:
     model: str
@@ -134,9 +115,8 @@ class ModelBank:
 
     def key(self, job: Job) -> LoadKey:
         device = resolve_device(job.device)
-        options = tuple(sorted((k, v) for k, v in job.options.items() if k not in NOT_LOAD_OPTIONS))
-        return LoadKey(job.model.identity(), device, job.dtype, options, job.params.get("vae"),
-                       job.params.get("pipeline_config"))
+        options = tuple(sorted((k, v) for k, v in job.options_json().items() if k not in NOT_LOAD_OPTIONS))
+        return LoadKey(job.model.identity(), device, job.dtype, options, job.params.vae, job.params.pipeline_config)
 
     def base(self, job: Job) -> Any:
         key = self.key(job)
@@ -147,31 +127,24 @@ class ModelBank:
 
     def pipeline(self, job: Job, task: str) -> Any:
         """The ``task`` pipeline (text2img | img2img | inpaint) for ``job``'s model, scheduler set."""
-        from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
-
         key = self.key(job)
         base = self.base(job)
         if (key, task) not in self._tasks:
-            if task == "text2img":
-                pipe = base
-            elif task == "img2img":
-                pipe = AutoPipelineForImage2Image.from_pipe(base)
-            elif task == "inpaint":
-                pipe = AutoPipelineForInpainting.from_pipe(base)
-            else:
+            if task not in ("text2img", "img2img", "inpaint"):
                 raise ValueError(f"unknown task {task!r}")
+            pipe = base if task == "text2img" else task_pipeline_class(base, task).from_pipe(base)
             if hasattr(pipe, "set_progress_bar_config"):
                 pipe.set_progress_bar_config(disable=True)
             self._tasks[(key, task)] = pipe
         pipe = self._tasks[(key, task)]
-        pipe.scheduler = self.scheduler(job, job.params.get("scheduler", "default"))
+        pipe.scheduler = self.scheduler(job, job.params.scheduler)
         self._apply_loras(job, key, pipe)
         return pipe
 
     # ------------------------------------------------------------------------------------------ LoRAs
     def lora_set(self, job: Job) -> tuple:
         """The job's LoRAs as ((sha256, weight), ...): the adapters active while it renders."""
-        return tuple((entry["sha256"], float(entry["weight"])) for entry in job.params.get("loras") or ())
+        return tuple((lora.sha256, float(lora.weight)) for lora in job.params.loras or ())
 
     def _apply_loras(self, job: Job, key: LoadKey, pipe: Any) -> None:
         """Activate exactly the job's LoRAs (at its weights) on the shared UNet / text encoders.
@@ -190,15 +163,13 @@ class ModelBank:
                 if ref is None or not ref.path:
                     raise ModelUnavailable(f"LoRA {sha[:12]} has no file in the plan")
                 name = f"lora_{sha[:16]}"
-                state_dict = self._read_lora(Path(ref.path), sha, bool(job.options.get("allow_pickle")))
+                state_dict = self._read_lora(Path(ref.path), sha, bool(job.options.allow_pickle))
                 try:
                     pipe.load_lora_weights(state_dict, adapter_name=name)
                 except Exception as exc:  # noqa: BLE001 - e.g. a LoRA made for another model family
                     state["active"] = None  # unknown now: set the adapters again for the next job
-                    try:
+                    with contextlib.suppress(Exception):
                         pipe.delete_adapters(name)
-                    except Exception:  # noqa: BLE001
-                        pass
                     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                     raise ModelUnavailable(f"LoRA {ref.id!r} could not be loaded into {job.model.id!r}: "
                                            f"{first[:200]}") from None
@@ -220,13 +191,11 @@ class ModelBank:
 
         if sha256_file(path) != sha256:
             raise RuntimeError(f"LoRA {path} changed since the plan was made (sha256 differs); re-run")
+        ensure_loadable(path, allow_pickle, "LoRA")
         if path.suffix.lower() == ".safetensors":
             from safetensors.torch import load_file
 
             return load_file(str(path))
-        if not allow_pickle:
-            raise ModelUnavailable(f"{path.name}: pickle files are refused; set allow_pickle: true in the recipe "
-                                   "if you trust it")
         import torch
 
         data = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -262,7 +231,7 @@ class ModelBank:
         """A1111's name of the sampler a job used (the model's own scheduler for ``default``)."""
         from ..io.artifacts import SAMPLER_BY_CLASS, SAMPLER_NAMES
 
-        name = job.params.get("scheduler", "default")
+        name = job.params.scheduler
         if name != "default" or self.key(job) not in self._bases:
             return SAMPLER_NAMES.get(name, name)
         cls = type(self.scheduler(job, "default")).__name__
@@ -270,59 +239,39 @@ class ModelBank:
 
     def _load(self, job: Job, key: LoadKey) -> Any:
         import torch
-        from diffusers import AutoPipelineForText2Image
 
         from .perf import GpuOptions, apply_gpu_options
 
         model = job.model
         dtype = resolve_dtype(key.dtype, key.device)
-        source = self._local_source(model)
-        allow_pickle = bool(job.options.get("allow_pickle"))
-        config = self._config_source(job.aux_models.get("pipeline_config"))
+        allow_pickle = bool(job.options.allow_pickle)
+        config = config_source(job.aux_models.get("pipeline_config"))
         try:
+            source = model_folder(model)
+            ensure_loadable(source, allow_pickle, f"model {model.id!r}")
             components: dict[str, Any] = {}
             if job.aux_models.get("vae") is not None:
                 components["vae"] = self._load_vae(job.aux_models["vae"], dtype, config or source, allow_pickle)
             if source.is_file():
                 pipe = self._load_single_file(source, dtype, config=config, allow_pickle=allow_pickle, **components)
             else:
-                pipe = AutoPipelineForText2Image.from_pretrained(str(source), torch_dtype=dtype, **components)
+                pipe = folder_pipeline_class(source).from_pretrained(
+                    str(source), torch_dtype=dtype, use_safetensors=safetensors_only(allow_pickle), **components)
         except ModelUnavailable:
             raise
-        except (OSError, ValueError, EnvironmentError) as exc:
+        except (OSError, ValueError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelUnavailable(f"model {model.id!r} could not be loaded: {first[:200]}") from None
         if hasattr(pipe, "set_progress_bar_config"):
             pipe.set_progress_bar_config(disable=True)
         options = dict(key.options)
-        apply_gpu_options(pipe, GpuOptions(**{k: v for k, v in options.items() if k in GpuOptions.__dataclass_fields__}),
-                          key.device)
+        gpu = GpuOptions(**{k: v for k, v in options.items() if k in GpuOptions.__dataclass_fields__})
+        apply_gpu_options(pipe, gpu, key.device)
         del torch
         return pipe
 
     @staticmethod
-    def _local_source(model: ModelRef) -> Path:
-        if model.source == "builtin":
-            from ..sources.tiny import builtin_model_path
-
-            return Path(builtin_model_path(model.id))
-        if model.path:
-            return Path(model.path)
-        return Path(fetch_hub_model(model).path or "")
-
-    @staticmethod
-    def _config_source(ref: ModelRef | None) -> str | None:
-        """diffusers' ``config=`` for a single-file model: a local folder, or a hub id (configs only)."""
-        if ref is None:
-            return None
-        if ref.source == "builtin":
-            from ..sources.tiny import builtin_model_path
-
-            return str(builtin_model_path(ref.id))
-        return ref.path or ref.id
-
-    @classmethod
-    def _load_vae(cls, ref: ModelRef, dtype: Any, configs: str | Path | None, allow_pickle: bool) -> Any:
+    def _load_vae(ref: ModelRef, dtype: Any, configs: str | Path | None, allow_pickle: bool) -> Any:
         """An AutoencoderKL from a diffusers folder (or a pipeline folder's ``vae/``), hub id or weights file.
 
         A weights file has no config: it is taken from ``configs``' ``vae/`` (the pipeline_config, else the
@@ -330,16 +279,17 @@ class ModelBank:
         """
         from diffusers import AutoencoderKL
 
-        path = cls._local_source(ref)
+        path = model_folder(ref, pipeline=False)
+        if path.is_dir() and not (path / "config.json").is_file() and (path / "vae" / "config.json").is_file():
+            path = path / "vae"  # a pipeline folder: its VAE
+        ensure_loadable(path, allow_pickle, f"VAE {ref.id!r}")
         if path.is_file():
-            check_pickle(path, allow_pickle)
             kwargs: dict[str, Any] = {}
             if isinstance(configs, str) or (isinstance(configs, Path) and (configs / "vae" / "config.json").is_file()):
                 kwargs = {"config": str(configs), "subfolder": "vae"}
             return AutoencoderKL.from_single_file(str(path), torch_dtype=dtype, **kwargs)
-        if not (path / "config.json").is_file() and (path / "vae" / "config.json").is_file():
-            return AutoencoderKL.from_pretrained(str(path), subfolder="vae", torch_dtype=dtype)
-        return AutoencoderKL.from_pretrained(str(path), torch_dtype=dtype)
+        return AutoencoderKL.from_pretrained(str(path), torch_dtype=dtype,
+                                             use_safetensors=safetensors_only(allow_pickle))
 
     @staticmethod
     def _load_single_file(path: Path, dtype: Any, config: str | None = None, allow_pickle: bool = False,
@@ -351,19 +301,12 @@ class ModelBank:
         Without it, diffusers picks a default repo for the inferred model type, which needs the hub or its cache.
         The pipeline class comes from the config's model_index.json, else SDXL for SGM keys, else SD.
         """
-        check_pickle(path, allow_pickle)
+        ensure_loadable(path, allow_pickle)
         cls = single_file_pipeline_class(path, config)
         kwargs: dict[str, Any] = {"torch_dtype": dtype, **components}
         if config:
             kwargs["config"] = config
         return cls.from_single_file(str(path), **kwargs)
-
-
-def check_pickle(path: Path, allow_pickle: bool) -> None:
-    """Refuse a pickle weights file (.ckpt, .pt, .bin: loading one can run code) unless allowed."""
-    if path.suffix.lower() != ".safetensors" and not allow_pickle and os.environ.get("SDBATCH_ALLOW_PICKLE") != "1":
-        raise ModelUnavailable(f"{path.name}: pickle checkpoints ({path.suffix}) are refused; convert it to "
-                               ".safetensors, or set allow_pickle: true in the recipe if you trust the file")
 
 
 def single_file_pipeline_class(path: Path, config: str | None) -> Any:
@@ -373,15 +316,7 @@ def single_file_pipeline_class(path: Path, config: str | None) -> Any:
     import diffusers
 
     if config:
-        index = Path(config) / "model_index.json"
-        if not index.is_file():
-            try:
-                from huggingface_hub import hf_hub_download
-
-                index = Path(hf_hub_download(config, "model_index.json"))
-            except Exception as exc:  # noqa: BLE001
-                raise ModelUnavailable(f"pipeline_config {config!r}: no model_index.json ({exc})"[:300]) from None
-        name = json.loads(index.read_text()).get("_class_name", "")
+        name = json.loads(pipeline_index(config).read_text()).get("_class_name", "")
         cls = getattr(diffusers, name, None)
         if cls is None or not hasattr(cls, "from_single_file"):
             raise ModelUnavailable(f"pipeline_config {config!r}: {name or 'its pipeline'} cannot load single files")
@@ -398,3 +333,38 @@ def single_file_pipeline_class(path: Path, config: str | None) -> Any:
     if any(k.startswith("conditioner.embedders.") for k in keys):
         return diffusers.StableDiffusionXLPipeline
     return diffusers.StableDiffusionPipeline
+
+
+#: text2img pipeline class -> its img2img and inpaint classes, for the families every stage supports. Importing
+#: these names directly is about a second faster than diffusers' AutoPipeline (which imports every pipeline
+#: family, ControlNet's included); other families fall back to AutoPipeline.
+TASK_CLASSES = {
+    "StableDiffusionPipeline": {"img2img": "StableDiffusionImg2ImgPipeline", "inpaint": "StableDiffusionInpaintPipeline"},
+    "StableDiffusionXLPipeline": {"img2img": "StableDiffusionXLImg2ImgPipeline",
+                                  "inpaint": "StableDiffusionXLInpaintPipeline"},
+}
+
+
+def folder_pipeline_class(folder: Path) -> Any:
+    """The text2img pipeline class for a diffusers folder: its model_index.json's class when known, else AutoPipeline."""
+    import json
+
+    import diffusers
+
+    try:
+        name = json.loads((Path(folder) / "model_index.json").read_text()).get("_class_name")
+    except (OSError, ValueError, AttributeError):
+        name = None
+    if name in TASK_CLASSES:
+        return getattr(diffusers, name)
+    return diffusers.AutoPipelineForText2Image
+
+
+def task_pipeline_class(base: Any, task: str) -> Any:
+    """The ``task`` (img2img | inpaint) pipeline class sharing ``base``'s components (``from_pipe``)."""
+    import diffusers
+
+    name = TASK_CLASSES.get(type(base).__name__, {}).get(task)
+    if name:
+        return getattr(diffusers, name)
+    return diffusers.AutoPipelineForImage2Image if task == "img2img" else diffusers.AutoPipelineForInpainting
