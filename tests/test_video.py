@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sdbatch.io import video
+from sdbatch.io import ffmpeg, probe
 from sdbatch.io.video import (
     VideoError,
     VideoInfo,
@@ -20,7 +21,9 @@ from sdbatch.io.video import (
     iter_frames,
     make_test_clip,
     probe_video,
+    probe_video_cached,
     select_frames,
+    write_video,
 )
 
 psutil = pytest.importorskip("psutil")
@@ -50,7 +53,7 @@ def full_decode(clips) -> list[np.ndarray]:
 def _audio_seconds(path: Path) -> float:
     """Length of the first audio stream of ``path`` (from its packets)."""
     res = subprocess.run(
-        [video._ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-nostats",
+        [ffmpeg.ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-nostats",
          "-progress", "pipe:1", "-i", str(path), "-map", "0:a:0", "-c", "copy", "-f", "null", "-"],
         capture_output=True, text=True, check=True,
     )
@@ -179,8 +182,8 @@ def test_probe_relative_path_in_message(tmp_path, monkeypatch):
 
 def test_rotated_clip_reports_decoded_size(tmp_path, clips, capfd):
     rot = tmp_path / "phone.mp4"
-    res = subprocess.run([video._ffmpeg_exe(), "-nostdin", "-loglevel", "error",
-                          "-display_rotation", "90", "-i", str(clips["silent"]), "-c", "copy", str(rot)])
+    res = subprocess.run([ffmpeg.ffmpeg_exe(), "-nostdin", "-loglevel", "error",
+                          "-display_rotation", "90", "-i", str(clips["silent"]), "-c", "copy", str(rot)], check=False)
     if res.returncode != 0:
         pytest.skip("this ffmpeg cannot write display rotation")
     info = probe_video(rot)
@@ -192,7 +195,7 @@ def test_rotated_clip_reports_decoded_size(tmp_path, clips, capfd):
 
 def test_probe_audio_only_and_directory(tmp_path):
     a = tmp_path / "voice.m4a"
-    subprocess.run([video._ffmpeg_exe(), "-nostdin", "-loglevel", "error", "-f", "lavfi",
+    subprocess.run([ffmpeg.ffmpeg_exe(), "-nostdin", "-loglevel", "error", "-f", "lavfi",
                     "-i", "sine=duration=0.5", "-c:a", "aac", str(a)], check=True)
     with pytest.raises(VideoError, match="voice.m4a: not a video file"):
         probe_video(a)
@@ -307,7 +310,7 @@ def test_iter_frames_index_past_end(clips):
 def test_iter_frames_early_close_stops_ffmpeg(clips):
     assert _wait_no_ffmpeg() == []
     gen = iter_frames(clips["long"])
-    idx, frame = next(gen)
+    idx, _frame = next(gen)
     assert idx == 0
     assert len(_ffmpeg_children()) == 1
     t0 = time.monotonic()
@@ -380,10 +383,9 @@ def test_video_writer_validation_and_abort(tmp_path):
     with pytest.raises(VideoError, match="unsupported output container"):
         VideoWriter(tmp_path / "x.webm", 12, (64, 48))
     out = tmp_path / "bad.mp4"
-    with pytest.raises(VideoError, match="48x64x3 uint8"):
-        with VideoWriter(out, 12, (64, 48)) as w:
-            w.write(np.zeros((48, 64, 3), np.uint8))
-            w.write(np.zeros((10, 10, 3), np.uint8))
+    with pytest.raises(VideoError, match="48x64x3 uint8"), VideoWriter(out, 12, (64, 48)) as w:
+        w.write(np.zeros((48, 64, 3), np.uint8))
+        w.write(np.zeros((10, 10, 3), np.uint8))
     assert not out.exists()  # partial file removed on error
     assert _wait_no_ffmpeg() == []
 
@@ -448,3 +450,111 @@ def test_encode_video_failure_keeps_old_file(tmp_path, full_decode):
     with pytest.raises(VideoError, match="no frames"):
         encode_video([], out, 12)
     assert _wait_no_ffmpeg() == []
+
+
+def test_write_video_writes_straight_into_the_given_temp_file(tmp_path, clips, full_decode):
+    """write_video fills the caller's temp file (no rename of its own); ``final`` picks the container."""
+    frames = _write_pngs(full_decode[:6], tmp_path / "frames")
+    out = tmp_path / "out"
+    out.mkdir()
+    tmp = out / ".clip.mp4.tmp-1-abcd"
+    write_video(frames, tmp, 12, audio_from=clips["sound"], final=out / "clip.mp4")
+    assert sorted(p.name for p in out.iterdir()) == [tmp.name]  # the audio mux's intermediate is gone
+    info = probe_video(tmp)
+    assert (info.frames, info.has_audio) == (6, True)
+    # an error removes the temp file and names the final file
+    with pytest.raises(VideoError, match=r"clip\.mp4: no frames to encode"):
+        write_video([], tmp, 12, final=out / "clip.mp4")
+    from PIL import Image
+
+    Image.new("RGB", (32, 32)).save(tmp_path / "small.png")
+    with pytest.raises(VideoError, match="frame is 32x32"):
+        write_video(frames + [tmp_path / "small.png"], tmp, 12, final=out / "clip.mp4")
+    assert list(out.iterdir()) == []
+    assert _wait_no_ffmpeg() == []
+
+
+# --------------------------------------------------------------------------
+# probe cache
+
+
+@pytest.fixture
+def probe_cache(tmp_path, monkeypatch) -> Path:
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("SDBATCH_CACHE", str(folder))
+    return folder
+
+
+def _no_ffmpeg(monkeypatch) -> None:
+    def fail(*args, **kwargs):
+        raise AssertionError("ffmpeg ran")
+
+    monkeypatch.setattr(ffmpeg, "run", fail)
+    monkeypatch.setattr(ffmpeg.subprocess, "run", fail)
+    monkeypatch.setattr(ffmpeg.subprocess, "Popen", fail)
+
+
+def test_probe_cache_hit_runs_no_ffmpeg_and_changed_content_reprobes(tmp_path, clips, probe_cache, monkeypatch):
+    from sdbatch.io.hashing import sha256_file
+
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(clips["sound"].read_bytes())
+    digest = sha256_file(clip)
+    first = probe_video_cached(clip, digest)
+    assert first == probe_video(clip)
+    entry = probe.probe_cache_path(digest)
+    assert entry.is_file() and entry.parent.parent == probe_cache
+    assert [p.name for p in entry.parent.iterdir()] == [entry.name]  # written atomically: no temp left
+
+    with monkeypatch.context() as m:
+        _no_ffmpeg(m)
+        again = probe_video_cached(clip, digest)
+        assert again == first
+        elsewhere = probe_video_cached(tmp_path / "copy.mp4", digest)  # same content, other name
+        assert elsewhere.path == tmp_path / "copy.mp4" and elsewhere.frames == first.frames
+
+    # other content (another sha256) is probed again
+    clip.write_bytes(clips["long"].read_bytes())
+    changed = probe_video_cached(clip, sha256_file(clip))
+    assert (changed.frames, changed.width, changed.has_audio) == (300, 32, False)
+
+
+OLD_VERSION = json.dumps({"version": 0, "width": 64, "height": 48, "fps": 12.0, "frames": 9, "duration": 0.75,
+                          "has_audio": True}).encode()  # well formed, but written by an older probe
+
+
+@pytest.mark.parametrize("corrupt", [b"", b"{not json", b"[1, 2]", b'{"version": 1, "frames": "24"}', OLD_VERSION])
+def test_probe_cache_corrupt_entry_is_ignored_and_rebuilt(tmp_path, clips, probe_cache, monkeypatch, corrupt):
+    from sdbatch.io.hashing import sha256_file
+
+    digest = sha256_file(clips["sound"])
+    entry = probe.probe_cache_path(digest)
+    entry.parent.mkdir(parents=True)
+    entry.write_bytes(corrupt)
+    info = probe_video_cached(clips["sound"], digest)
+    assert (info.frames, info.width, info.height, info.has_audio) == (24, 64, 48, True)
+    with monkeypatch.context() as m:  # rebuilt: the next probe is a hit
+        _no_ffmpeg(m)
+        assert probe_video_cached(clips["sound"], digest) == info
+
+
+def test_probe_cache_does_not_remember_errors_or_need_a_writable_folder(tmp_path, clips, monkeypatch):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    monkeypatch.setenv("SDBATCH_CACHE", str(blocker))
+    from sdbatch.io.hashing import sha256_file
+
+    assert probe_video_cached(clips["silent"], sha256_file(clips["silent"])).frames == 24  # cache unwritable
+    monkeypatch.setenv("SDBATCH_CACHE", str(tmp_path / "cache"))
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"this is not a video\n" * 20)
+    for _ in range(2):
+        with pytest.raises(VideoError, match="not a readable video"):
+            probe_video_cached(bad, sha256_file(bad))
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.json"))
+
+
+def test_probe_cache_entry_holds_every_field_but_the_path():
+    from dataclasses import fields
+
+    assert set(probe._TYPES) == {f.name for f in fields(VideoInfo)} - {"path"}

@@ -7,6 +7,8 @@ import json
 import os
 from pathlib import Path
 
+from .artifacts import atomic_write_bytes
+
 CHUNK = 1 << 20
 
 
@@ -43,7 +45,7 @@ class HashCache:
         self.dirty = False
 
     @classmethod
-    def open(cls, path: Path | None = None) -> "HashCache":
+    def open(cls, path: Path | None = None) -> HashCache:
         path = path or cache_dir() / "hashes.json"
         try:
             entries = json.loads(path.read_text())
@@ -83,10 +85,7 @@ class HashCache:
         if not self.dirty or self.path is None:
             return
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-            tmp.write_text(json.dumps(self.entries))
-            os.replace(tmp, self.path)
+            atomic_write_bytes(self.path, json.dumps(self.entries).encode())
             self.dirty = False
         except OSError:
             pass  # a cache is an optimisation: never fail a run for it
