@@ -102,8 +102,8 @@ def stage_figures(out: Path, stage: str, sources: Path, size: tuple[int, int]) -
     import numpy as np
     from PIL import Image
 
-    from sdbatch.stages.restyle import flicker
     from sdbatch.io.video import iter_frames
+    from sdbatch.stages.restyle import flicker
 
     records = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines() if line.strip()]
     (video,) = [r for r in records if r.get("kind") == "output" and r.get("stage") == stage
@@ -116,8 +116,9 @@ def stage_figures(out: Path, stage: str, sources: Path, size: tuple[int, int]) -
                 yield np.asarray(im.convert("RGB"))
 
     source_frames = (f for _, f in iter_frames(sources, size=size))
-    return {"flicker": flicker(outputs(), source_frames), "frames": video["frames"], "fps": video["fps"],
-            "timing": video["timing"]}
+    info = video["video"]  # the mp4's record: {"frames", "fps", "audio", "timing"}
+    return {"flicker": flicker(outputs(), source_frames), "frames": info["frames"], "fps": info["fps"],
+            "timing": info["timing"]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,8 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
 
-    from sdbatch.stages.restyle import flicker
     from sdbatch.io.video import iter_frames, make_test_clip, probe_video
+    from sdbatch.stages.restyle import flicker
 
     work = args.out or Path(tempfile.mkdtemp(prefix="restyle-bench-"))
     work.mkdir(parents=True, exist_ok=True)

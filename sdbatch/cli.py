@@ -58,7 +58,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _load(args: argparse.Namespace, check_files: bool = True) -> Any:
-    from .config.recipe import RecipeError, load_recipe
+    from .config.recipe import load_recipe
+    from .errors import RecipeError
 
     try:
         return load_recipe(args.recipe, args.overrides, check_files=check_files)
@@ -72,7 +73,7 @@ def _out_dir(args: argparse.Namespace, loaded: Any) -> Path:
 
 def _plan(loaded: Any, out_dir: Path, rehearse: bool) -> Any:
     from .core.plan import build_plan
-    from .config.recipe import RecipeError
+    from .errors import RecipeError
 
     try:
         return build_plan(loaded, out_dir, rehearse=rehearse)
@@ -105,7 +106,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         return EXIT_OK
     for job in plan.jobs:
         status = "done" if job.job_id in done else "pending"
-        print(f"{status:8} {job.job_id[:8]}  {job.output}  seed={job.seed}  {json.dumps(job.params)}")
+        print(f"{status:8} {job.job_id[:8]}  {job.output}  seed={job.seed}  {json.dumps(job.params_json())}")
     pending = sum(job.job_id not in done for job in plan.jobs)
     print(f"{len(plan.jobs)} job(s): {len(plan.jobs) - pending} done, {pending} pending -> {out_dir}")
     return EXIT_OK
@@ -167,8 +168,8 @@ def _fetch_models(loaded: Any, plan: Any, out_dir: Path, rehearse: bool) -> Any:
     if not missing:
         return plan
     from .errors import ModelUnavailable
-    from .runtime.models import fetch_hub_model
     from .runtime.quiet import quiet_libraries
+    from .sources.hub import fetch_hub_model
 
     quiet_libraries()
     for model, is_pipeline in missing.values():
@@ -180,13 +181,13 @@ def _fetch_models(loaded: Any, plan: Any, out_dir: Path, rehearse: bool) -> Any:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from .reports.provenance import inspect_output
+    from .reports.inspect import inspect_output
 
     return inspect_output(args.file, as_json=args.json)
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from .reports.provenance import reproduce_output
+    from .reports.reproduce import reproduce_output
 
     return reproduce_output(args.file, out=args.out)
 

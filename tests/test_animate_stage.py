@@ -18,8 +18,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
 from conftest import REPO, manifest_records, output_pngs, png_pixels, run_cli
+
 from sdbatch.animation import evaluate_schedule
 from sdbatch.io.hashing import sha256_file
 
@@ -88,8 +88,8 @@ FRAMES = {"still": 5, "fly": 8, "flat": 7, "deep": 7}
 
 
 def frame_records(out: Path, stage: str) -> list[dict]:
-    records = [r for r in manifest_records(out, "output") if r["stage"] == stage and "frame" in r]
-    return sorted(records, key=lambda r: r["frame"])
+    records = [r for r in manifest_records(out, "output") if r["stage"] == stage and r["role"] == "frame"]
+    return sorted(records, key=lambda r: r["frame"]["index"])
 
 
 def visible_pngs(folder: Path) -> list[Path]:
@@ -138,9 +138,9 @@ def test_2d_frames_are_deforum_warps_of_the_saved_previous_frame(reference):
     _recipe, out = reference
     frames = frame_records(out, "still")
     assert [r["path"] for r in frames] == [f"still/frames/{i:06d}.png" for i in range(5)]
-    assert [r["seed"] for r in frames] == [7, 8, 9, 10, 11]  # seed_behavior iter
-    assert [r["prompt"] for r in frames] == ["a forest"] * 3 + ["a castle"] * 2
-    assert not any(r["diffused"] for r in frames)
+    assert [r["frame"]["seed"] for r in frames] == [7, 8, 9, 10, 11]  # seed_behavior iter
+    assert [r["frame"]["prompt"] for r in frames] == ["a forest"] * 3 + ["a castle"] * 2
+    assert not any(r["frame"]["diffused"] for r in frames)
     init = np.asarray(start_image().resize((W, H), Image.LANCZOS), dtype=np.int16)
     assert np.array_equal(png_pixels(out / frames[0]["path"]), init), "strength 0: frame 0 is the init image"
     assert frames[0]["inputs"] == [{"path": "start.png", "sha256": sha256_file(_recipe.parent / "start.png")}]
@@ -148,7 +148,7 @@ def test_2d_frames_are_deforum_warps_of_the_saved_previous_frame(reference):
     guidance = evaluate_schedule("0:(7), 4:(5)", 5)
     margin = 8
     for prev, record in zip(frames, frames[1:]):
-        i, s = record["frame"], record["schedule"]
+        i, s = record["frame"]["index"], record["frame"]["schedule"]
         assert s["angle"] == pytest.approx(angles[i]) and s["zoom"] == pytest.approx(1.04)
         assert (s["translation_x"], s["translation_y"]) == (2.5, -1.5)
         assert s["guidance"] == pytest.approx(guidance[i]) and s["strength"] == 0 and s["noise"] == 0
@@ -169,22 +169,22 @@ def test_every_animation_has_its_frames_and_an_mp4(reference):
 
     _recipe, out = reference
     for stage, count in FRAMES.items():
-        assert [r["frame"] for r in frame_records(out, stage)] == list(range(count))
+        assert [r["frame"]["index"] for r in frame_records(out, stage)] == list(range(count))
         video = [r for r in manifest_records(out, "output") if r["path"] == f"{stage}/{stage}.mp4"]
         assert len(video) == 1 and video[0]["sha256"] == sha256_file(out / video[0]["path"])
         info = probe_video(out / video[0]["path"])
         assert (info.frames, info.width, info.height) == (count, W, H) and info.fps == pytest.approx(10)
     fly = frame_records(out, "fly")
-    assert all(r["diffused"] for r in fly) and [r["seed"] for r in fly] == list(range(7, 15))
-    assert {"strength", "noise", "contrast", "guidance", "angle", "zoom"} <= set(fly[3]["schedule"])
+    assert all(r["frame"]["diffused"] for r in fly) and [r["frame"]["seed"] for r in fly] == list(range(7, 15))
+    assert {"strength", "noise", "contrast", "guidance", "angle", "zoom"} <= set(fly[3]["frame"]["schedule"])
     for stage in ("flat", "deep"):  # cadence 3: diffusion slots 0, 3, 6, each with the slot's seed
         records = frame_records(out, stage)
-        assert [r["keyframe"] for r in records] == [0, 0, 0, 3, 3, 3, 6]
-        assert [r["diffused"] for r in records] == [True, False, False, True, False, False, True]
-        assert [r["tween"] for r in records] == pytest.approx([1 / 3, 2 / 3, 1, 1 / 3, 2 / 3, 1, 1 / 3])
-    assert [r["seed"] for r in frame_records(out, "flat")] == [7, 7, 7, 9, 9, 9, 8]  # ladder
+        assert [r["frame"]["keyframe"] for r in records] == [0, 0, 0, 3, 3, 3, 6]
+        assert [r["frame"]["diffused"] for r in records] == [True, False, False, True, False, False, True]
+        assert [r["frame"]["tween"] for r in records] == pytest.approx([1 / 3, 2 / 3, 1, 1 / 3, 2 / 3, 1, 1 / 3])
+    assert [r["frame"]["seed"] for r in frame_records(out, "flat")] == [7, 7, 7, 9, 9, 9, 8]  # ladder
     assert frame_records(out, "deep")[0]["params"]["depth_model"].startswith("builtin:sdbatch/tiny-depth@")
-    assert "fov" in frame_records(out, "deep")[1]["schedule"]
+    assert "fov" in frame_records(out, "deep")[1]["frame"]["schedule"]
     assert not [p for p in out.rglob("*") if ".tmp-" in p.name]
 
 
@@ -201,10 +201,11 @@ def test_3d_recipe_rehearses_offline_with_a_transformers_depth_model(tmp_path):
     result = run_cli("run", recipe, "--rehearse", "--out", out, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     frames = frame_records(out, "drift")
-    assert [r["frame"] for r in frames] == list(range(12))  # --rehearse caps frames
+    assert [r["frame"]["index"] for r in frames] == list(range(12))  # --rehearse caps frames
     assert frames[0]["params"]["depth_model"].startswith("builtin:sdbatch/tiny-depth@")
     assert frames[0]["model"]["id"] == "sdbatch/tiny-sd"
-    assert {"translation_z", "rotation_3d_x", "rotation_3d_y", "rotation_3d_z", "fov"} <= set(frames[1]["schedule"])
+    schedule = frames[1]["frame"]["schedule"]
+    assert {"translation_z", "rotation_3d_x", "rotation_3d_y", "rotation_3d_z", "fov"} <= set(schedule)
     assert all(r["params"]["width"] <= 64 and r["params"]["height"] <= 64 for r in frames)
     pixels = [png_pixels(out / r["path"]) for r in frames]
     assert all(np.abs(a - b).mean() > 0.5 for a, b in zip(pixels, pixels[1:])), "the camera did not move"
@@ -213,8 +214,8 @@ def test_3d_recipe_rehearses_offline_with_a_transformers_depth_model(tmp_path):
 
 def test_depth_loading_and_estimation_on_tiny_models(tmp_path):
     from sdbatch.animation import warp_3d
-    from sdbatch.runtime.depth import depth_kind, estimate_depth, load_depth_model, to_deforum_depth
     from sdbatch.core.job import ModelRef
+    from sdbatch.runtime.depth import depth_kind, estimate_depth, load_depth_model, to_deforum_depth
     from sdbatch.sources.tiny import BUILTIN_MODELS, save_tiny_depth
 
     folder = save_tiny_depth(tmp_path / "my-depth", seed=3)  # a user's local transformers folder

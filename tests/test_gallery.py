@@ -16,11 +16,13 @@ from urllib.parse import unquote
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import manifest_records
-from sdbatch.reports.gallery import GRID_HEADER_HEIGHT, GRID_LABEL_WIDTH, grid_axes, write_gallery
+from PIL import Image
 from test_provenance import PROMPT, SIZE, SWEEP_PROMPT, rendered_project
+
+from sdbatch.core.record import OutputRecord
+from sdbatch.reports.gallery import write_gallery
+from sdbatch.reports.grid import GRID_HEADER_HEIGHT, GRID_LABEL_WIDTH, grid_axes
 
 GUIDANCE, SEEDS = [5.0, 9.0], [1, 2, 3]
 
@@ -121,17 +123,18 @@ def test_sweep_grid_is_a_labelled_2x3_contact_sheet(run_out):
         assert not (out / stage / "grid.png").exists()
 
 
-def record(path: str, seed: int, prompt: str = "p", guidance: float = 7.5, source: str | None = None) -> dict:
-    return {"path": path, "seed": seed, "prompt": prompt, "negative_prompt": "", "params": {"guidance": guidance},
-            "inputs": [{"path": source, "sha256": "0"}] if source else []}
+def record(path: str, seed: int, prompt: str = "p", guidance: float = 7.5, source: str | None = None
+           ) -> OutputRecord:
+    return OutputRecord(job_id=path, stage=path.split("/")[0], type="generate", path=path, seed=seed, prompt=prompt,
+                        params={"guidance": guidance}, inputs=[{"path": source, "sha256": "0"}] if source else [])
 
 
 def test_grid_axes_tell_sweeps_from_inherited_values():
     sweep = [record(f"s/{g}-{s}.png", s, guidance=g) for g in GUIDANCE for s in SEEDS]
     assert grid_axes(sweep) == ("seed", "guidance", [])
-    seeds = {r["path"]: r["seed"] for r in sweep}
+    seeds = {r.path: r.seed for r in sweep}
     # img2img over the six images: seeds inherited (not a sweep), two prompts swept -> prompts x inputs
-    paint = [record(f"p/{q}-{r['seed']}.png", r["seed"], prompt=q, source=r["path"])
+    paint = [record(f"p/{q}-{r.seed}.png", r.seed, prompt=q, source=r.path)
              for q in ("oil", "ink") for r in sweep]
     assert grid_axes(paint, seeds) == ("prompt", "input", [])
     # one prompt: only inherited seeds vary -> no sweep, no sheet

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import REPO, manifest_records, png_pixels, run_cli
+
 from sdbatch.io.hashing import sha256_file
 
 RECIPE = """\
@@ -52,8 +52,8 @@ def stills(out) -> dict[tuple[str, int], np.ndarray]:
 
 
 def frames_of(out, stage: str) -> list[dict]:
-    records = [r for r in manifest_records(out, "output") if r["stage"] == stage and "frame" in r]
-    return sorted(records, key=lambda r: r["frame"])
+    records = [r for r in manifest_records(out, "output") if r["stage"] == stage and r["role"] == "frame"]
+    return sorted(records, key=lambda r: r["frame"]["index"])
 
 
 def test_frames_on_a_seed_are_its_generate_image(dream_run):
@@ -61,17 +61,18 @@ def test_frames_on_a_seed_are_its_generate_image(dream_run):
     images = stills(out)
     frames = frames_of(out, "dream")
     assert [r["path"] for r in frames] == [f"dream/frames/{k:06d}.png" for k in range(5)]
-    assert [r["path_position"] for r in frames] == [0, 0.25, 0.5, 0.75, 1.0]
-    assert [r["segment"] for r in frames] == [[3, 9], [3, 9], [9, 12], [9, 12], [9, 12]]
-    assert [r["t"] for r in frames] == [0.0, 0.5, 0.0, 0.5, 1.0]
+    assert [r["frame"]["path_position"] for r in frames] == [0, 0.25, 0.5, 0.75, 1.0]
+    assert [r["frame"]["segment"] for r in frames] == [[3, 9], [3, 9], [9, 12], [9, 12], [9, 12]]
+    assert [r["frame"]["t"] for r in frames] == [0.0, 0.5, 0.0, 0.5, 1.0]
     for k, seed in ((0, 3), (2, 9), (4, 12)):
         got = png_pixels(out / frames[k]["path"])
         diff = np.abs(got - images[("a lighthouse", seed)]).max()
         assert diff == 0, f"frame {k} differs from generate(seed={seed}) by {diff}"
-        assert frames[k]["seed"] == seed
+        assert frames[k]["frame"]["seed"] == seed
     for k in (1, 3):  # between two seeds: neither of them
         got = png_pixels(out / frames[k]["path"])
-        before, after = images[("a lighthouse", frames[k]["segment"][0])], images[("a lighthouse", frames[k]["segment"][1])]
+        segment = frames[k]["frame"]["segment"]
+        before, after = images[("a lighthouse", segment[0])], images[("a lighthouse", segment[1])]
         assert np.abs(got - before).mean() > 1 and np.abs(got - after).mean() > 1
 
 
@@ -82,7 +83,7 @@ def test_prompt_embeddings_are_interpolated_with_exact_ends(dream_run):
     assert len(frames) == 3
     assert np.abs(png_pixels(out / frames[0]["path"]) - images[("a lighthouse", 3)]).max() == 0
     assert np.abs(png_pixels(out / frames[2]["path"]) - images[("a castle", 9)]).max() == 0
-    assert frames[1]["prompts"] == ["a lighthouse", "a castle"] and frames[1]["t"] == 0.5
+    assert frames[1]["frame"]["prompts"] == ["a lighthouse", "a castle"] and frames[1]["frame"]["t"] == 0.5
     middle = png_pixels(out / frames[1]["path"])
     assert np.abs(middle - png_pixels(out / frames[0]["path"])).mean() > 1
     assert np.abs(middle - png_pixels(out / frames[2]["path"])).mean() > 1
@@ -94,7 +95,7 @@ def test_frames_become_an_mp4_with_its_own_manifest_line(dream_run):
     out = dream_run
     for stage, frames, fps in (("dream", 5, 12), ("morph", 3, 8)):
         records = [r for r in manifest_records(out, "output") if r["path"] == f"{stage}/{stage}.mp4"]
-        assert len(records) == 1 and records[0]["frames"] == frames
+        assert len(records) == 1 and records[0]["video"]["frames"] == frames
         assert records[0]["sha256"] == sha256_file(out / records[0]["path"])
         info = probe_video(out / records[0]["path"])
         assert (info.frames, info.width, info.height) == (frames, 64, 48)

@@ -10,7 +10,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
 import pytest
-
 from conftest import manifest_records, png_pixels, run_cli
 
 THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # see test_model_sources.py
@@ -44,7 +43,7 @@ def rendered(tmp_path_factory) -> tuple[Path, Path, list[dict]]:
 
 
 def finals(records: list[dict], stage: str) -> list[dict]:
-    return [r for r in records if r["stage"] == stage and "preview" not in r]
+    return [r for r in records if r["stage"] == stage and r["role"] != "preview"]
 
 
 def previews_of(out: Path, record: dict) -> dict[int, Path]:
@@ -88,11 +87,11 @@ def test_inpaint_previews_keep_pixels_outside_the_mask(rendered):
 
 
 def test_previews_are_recorded_but_do_not_change_done_or_identity(rendered):
-    from sdbatch.core.plan import build_plan
     from sdbatch.config.recipe import load_recipe
+    from sdbatch.core.plan import build_plan
 
     root, out, records = rendered
-    previews = [r for r in records if "preview" in r]
+    previews = [r for r in records if r["role"] == "preview"]
     assert len(previews) == 2 * 2 + 2 * 1 + 2 * 2 + 2
     record = next(r for r in previews if r["stage"] == "gen" and r["preview"]["step"] == 2)
     assert record["preview"] == {"step": 2, "steps": 4} and record["options"]["previews"] == 2

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import manifest_records, run_cli
 from PIL import Image, ImageDraw
 from PIL.PngImagePlugin import PngInfo
 
-from conftest import manifest_records, run_cli
 from sdbatch import cli
 
 PROMPT = 'a lighthouse on a cliff, <b>storm</b> & "spray"'

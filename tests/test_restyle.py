@@ -71,7 +71,7 @@ def _records(out: Path) -> list[dict]:
 
 
 def _frame_records(out: Path, stage: str) -> list[dict]:
-    return [r for r in _records(out) if r["stage"] == stage and "frame" in r]
+    return [r for r in _records(out) if r["stage"] == stage and r["role"] == "frame"]
 
 
 def _mp4_records(out: Path, stage: str) -> list[dict]:
@@ -131,12 +131,12 @@ def test_clip_with_sound_comes_back_as_mp4_with_every_frame(project, full_run):
     assert abs(_container_seconds(mp4) - FRAMES / FPS) < 0.15
 
     frames = _frame_records(full_run, "anime")
-    assert [r["frame"] for r in frames] == list(range(FRAMES))
-    assert [r["source_frame"] for r in frames] == list(range(FRAMES))
-    assert [r["seed"] for r in frames] == [5 + i for i in range(FRAMES)]  # seed_behavior: iter
+    assert [r["frame"]["index"] for r in frames] == list(range(FRAMES))
+    assert [r["frame"]["source_frame"] for r in frames] == list(range(FRAMES))
+    assert [r["frame"]["seed"] for r in frames] == [5 + i for i in range(FRAMES)]  # seed_behavior: iter
     for r in frames:
         path = full_run / r["path"]
-        assert r["path"] == f"anime/frames/{r['frame']:06d}.png"
+        assert r["path"] == f"anime/frames/{r['frame']['index']:06d}.png"
         assert r["sha256"] == _sha256(path)
         embedded = read_png_record(path)  # PNG metadata as for images
         assert embedded["frame"] == r["frame"] and embedded["job_id"] == r["job_id"]
@@ -147,8 +147,9 @@ def test_clip_with_sound_comes_back_as_mp4_with_every_frame(project, full_run):
 
     (video,) = _mp4_records(full_run, "anime")
     assert video["path"] == "anime/anime.mp4" and video["sha256"] == _sha256(mp4)
-    assert video["frames"] == FRAMES and video["fps"] == FPS and video["audio"] is True
-    timing = video["timing"]
+    assert video["role"] == "video"
+    assert video["video"]["frames"] == FRAMES and video["video"]["fps"] == FPS and video["video"]["audio"] is True
+    timing = video["video"]["timing"]
     assert timing["frames_rendered"] == FRAMES and timing["diffusion_s"] > 0
     assert 0 <= timing["non_diffusion_share"] < 1
 
@@ -175,16 +176,17 @@ stages:
     info = probe_video(out / "half" / "half.mp4")
     assert (info.frames, info.fps, info.width, info.height, info.has_audio) == (12, 6, W, H, True)
     frames = _frame_records(out, "half")
-    assert [r["source_frame"] for r in frames] == list(range(0, FRAMES, 2))
+    assert [r["frame"]["source_frame"] for r in frames] == list(range(0, FRAMES, 2))
     for r in frames:
-        assert np.array_equal(_pixels(out / r["path"]), source[r["source_frame"]])
+        assert np.array_equal(_pixels(out / r["path"]), source[r["frame"]["source_frame"]])
     (video,) = _mp4_records(out, "half")
-    assert video["frames"] == 12 and video["fps"] == 6 and video["timing"]["diffusion_s"] == 0
+    assert video["video"]["frames"] == 12 and video["video"]["fps"] == 6
+    assert video["video"]["timing"]["diffusion_s"] == 0
 
     # start/end range: source frames 4..15, sound trimmed to the kept second
     info = probe_video(out / "cut" / "cut.mp4")
     assert (info.frames, info.fps, info.has_audio) == (12, FPS, True)
-    assert [r["source_frame"] for r in _frame_records(out, "cut")] == list(range(4, 16))
+    assert [r["frame"]["source_frame"] for r in _frame_records(out, "cut")] == list(range(4, 16))
     assert abs(_container_seconds(out / "cut" / "cut.mp4") - 1.0) < 0.1
 
     # a stage's mp4 as input; audio: drop
@@ -229,7 +231,7 @@ def test_killed_run_resumes_to_the_same_frames(project, full_run):
         assert r["sha256"] == _sha256(out / r["path"])
     (video,) = _mp4_records(out, "anime")
     assert video["sha256"] == _sha256(out / "anime" / "anime.mp4")
-    assert video["timing"]["frames_reused"] >= done_at_kill - 1  # a frame saved but unrecorded is adopted
+    assert video["video"]["timing"]["frames_reused"] >= done_at_kill - 1  # a frame saved but unrecorded is adopted
     assert probe_video(out / "anime" / "anime.mp4").frames == FRAMES
 
 
@@ -285,7 +287,7 @@ stages:
     stage_peak = {name: 0 for name in procs}
     process_peak = {name: 0 for name in procs}
     while any(proc.poll() is None for proc, *_ in procs.values()):
-        for name, (proc, ps, out, _frames) in procs.items():
+        for name, (_proc, ps, out, _frames) in procs.items():
             try:
                 rss = ps.memory_info().rss
             except psutil.Error:

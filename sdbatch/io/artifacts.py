@@ -8,14 +8,14 @@ PNGs carry a ``parameters`` text chunk in AUTOMATIC1111's format (its PNG Info r
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
-
-from .hashing import sha256_bytes
+from typing import Any
 
 TEMP_MARK = ".tmp-"
 
@@ -119,7 +119,9 @@ def a1111_parameters(record: dict[str, Any]) -> str:
     Seed: 1000, Size: 512x512, Model hash: 0123456789, Model: sd-turbo, Denoising strength: 0.8``
     """
     params = record.get("params", {})
-    lines = [record.get("prompt", "")]
+    frame = record.get("frame") if isinstance(record.get("frame"), dict) else {}
+    schedule = frame.get("schedule") if isinstance(frame.get("schedule"), dict) else {}
+    lines = [frame.get("prompt") or record.get("prompt", "")]  # a video frame's own prompt and seed
     if record.get("negative_prompt"):
         lines.append(f"Negative prompt: {record['negative_prompt']}")
     scheduler = params.get("scheduler", "default")
@@ -128,20 +130,22 @@ def a1111_parameters(record: dict[str, Any]) -> str:
     fields = [
         ("Steps", params.get("steps")),
         ("Sampler", sampler),
-        ("CFG scale", _num(params.get("guidance"))),
-        ("Seed", record.get("seed")),
+        ("CFG scale", _num(schedule.get("guidance", params.get("guidance")))),
+        ("Seed", frame.get("seed", record.get("seed"))),
         ("Size", f"{params.get('width')}x{params.get('height')}"),
         ("Model hash", (model.get("revision") or "")[:10]),
         ("Model", Path(str(model.get("id", ""))).stem if model.get("id", "").endswith(".safetensors")
          else str(model.get("id", "")).split("/")[-1]),
+        ("Denoising strength", _num(schedule.get("strength", params.get("strength")))),
     ]
-    if "strength" in params:
-        fields.append(("Denoising strength", _num(params["strength"])))
     lines.append(", ".join(f"{k}: {v}" for k, v in fields if v is not None and v != ""))
     return "\n".join(lines)
 
 
 def _num(value: Any) -> Any:
+    """A number as A1111 writes it (7.0 -> 7); anything else (a schedule's text) is not a number: None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
     if isinstance(value, float) and value.is_integer():
         return int(value)
     return value
@@ -164,7 +168,7 @@ def save_png(path: Path, image: Any, record: dict[str, Any]) -> str:
     """Write ``image`` atomically with metadata; return the file's sha256."""
     data = png_bytes(image, record)
     atomic_write_bytes(path, data)
-    return sha256_bytes(data)
+    return hashlib.sha256(data).hexdigest()  # not io.hashing's helper: hashing writes its cache through here
 
 
 def read_png_text(path: Path) -> dict[str, str]:

@@ -14,19 +14,20 @@ import subprocess
 import threading
 import time
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..io.artifacts import clean_temp_files, read_png_record
-from ..io.hashing import sha256_bytes, sha256_file
-from ..io.manifest import MANIFEST_NAME, Manifest
+from ..config.recipe import LoadedRecipe
 from ..core.job import Job
 from ..core.plan import Plan
-from ..config.recipe import LoadedRecipe
-
+from ..core.record import FailedRecord, OutputRecord, RunRecord, SkippedRecord
 from ..errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE  # noqa: F401
+from ..io.artifacts import clean_temp_files
+from ..io.hashing import sha256_bytes, sha256_file
+from ..io.manifest import MANIFEST_NAME, Manifest, read_png_output
 
 
 def now_iso() -> str:
@@ -53,7 +54,7 @@ def recipe_info(loaded: LoadedRecipe) -> dict[str, Any]:
             "sha256": sha256_bytes(loaded.text.encode()), "git_commit": commit, "git_dirty": dirty}
 
 
-def done_jobs(plan: Plan, by_job: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+def done_jobs(plan: Plan, by_job: dict[str, list[OutputRecord]]) -> dict[str, OutputRecord]:
     """job_id -> final output record, for jobs whose final output is recorded (``by_job``, from
     :meth:`Manifest.outputs_by_job`) and on disk."""
     done = {}
@@ -62,17 +63,17 @@ def done_jobs(plan: Plan, by_job: dict[str, list[dict[str, Any]]]) -> dict[str, 
         if job is None:
             continue
         for record in records:
-            if record.get("path") == job.output and (plan.out_dir / job.output).is_file():
+            if record.path == job.output and (plan.out_dir / job.output).is_file():
                 done[job_id] = record
     return done
 
 
-def recorded_outputs(by_job: dict[str, list[dict[str, Any]]]) -> set[tuple[str, str]]:
+def recorded_outputs(by_job: dict[str, list[OutputRecord]]) -> set[tuple[str, str]]:
     """(job_id, path) of every recorded output."""
-    return {(job_id, r.get("path")) for job_id, records in by_job.items() for r in records}
+    return {(job_id, r.path) for job_id, records in by_job.items() for r in records}
 
 
-def adopt_orphans(plan: Plan, manifest: Manifest, done: dict[str, dict[str, Any]],
+def adopt_orphans(plan: Plan, manifest: Manifest, done: dict[str, OutputRecord],
                   recorded: set[tuple[str, str]]) -> int:
     """Record outputs (images, video frames) written but not yet recorded when a run was killed.
 
@@ -89,10 +90,10 @@ def adopt_orphans(plan: Plan, manifest: Manifest, done: dict[str, dict[str, Any]
             rel = path.relative_to(plan.out_dir).as_posix()
             if (job.job_id, rel) in recorded or not path.is_file():
                 continue
-            record = read_png_record(path)
-            if not record or record.get("job_id") != job.job_id or record.get("path") != rel:
+            record = read_png_output(path)
+            if record is None or record.job_id != job.job_id or record.path != rel:
                 continue
-            record["sha256"] = sha256_file(path)
+            record.sha256 = sha256_file(path)
             manifest.append(record)
             recorded.add((job.job_id, rel))
             adopted += 1
@@ -101,7 +102,7 @@ def adopt_orphans(plan: Plan, manifest: Manifest, done: dict[str, dict[str, Any]
     return adopted
 
 
-def select_jobs(plan: Plan, done: dict[str, Any], only: list[str]) -> list[Job]:
+def select_jobs(plan: Plan, done: Collection[str], only: list[str]) -> list[Job]:
     """Pending jobs to run: all, or those of the ``only`` stages plus the upstream jobs they still lack."""
     by_id = plan.index
     if not only:
@@ -145,9 +146,9 @@ class RunSink:
     def started(self, jobs: list[Job]) -> None:
         self.progress.current(jobs[0].stage, len(jobs))
 
-    def output(self, record: dict[str, Any]) -> None:
+    def output(self, record: OutputRecord) -> None:
         with self.lock:
-            key = (record["job_id"], record["path"])
+            key = (record.job_id, record.path)
             if key in self.recorded:
                 return  # a retried job (e.g. a lost Ray worker) must not be recorded twice
             self.recorded.add(key)
@@ -162,8 +163,8 @@ class RunSink:
         if result.error:
             self.stats[job.stage].failed += 1
             self.failures.append((job.stage, job.output, result.error))
-            self.manifest.append({"kind": "failed", "job_id": job.job_id, "stage": job.stage, "path": job.output,
-                                  "error": result.error, "time": now_iso()})
+            self.manifest.append(FailedRecord(job_id=job.job_id, stage=job.stage, path=job.output,
+                                              error=result.error, time=now_iso()))
             self.progress.failed(job, result.error)
         else:
             for record in result.records:  # executors that do not emit as they go
@@ -177,8 +178,8 @@ class RunSink:
 
     def _skipped(self, job: Job, reason: str) -> None:
         self.stats[job.stage].skipped += 1
-        self.manifest.append({"kind": "skipped", "job_id": job.job_id, "stage": job.stage, "path": job.output,
-                              "reason": reason, "time": now_iso()})
+        self.manifest.append(SkippedRecord(job_id=job.job_id, stage=job.stage, path=job.output, reason=reason,
+                                           time=now_iso()))
         self.progress.skipped(job, reason)
 
 
@@ -198,7 +199,7 @@ class _SigintHandler:
         self.say = say
         self.previous = None
 
-    def __enter__(self) -> "_SigintHandler":
+    def __enter__(self) -> _SigintHandler:
         if threading.current_thread() is threading.main_thread():
             self.previous = signal.signal(signal.SIGINT, self._handle)
         return self
@@ -219,8 +220,8 @@ def run_plan(loaded: LoadedRecipe, plan: Plan, *, force: bool = False, only: lis
              reporter: Any = None) -> RunOutcome:
     """Render every pending job of ``plan`` into ``plan.out_dir``; returns the outcome and exit code."""
     from .executors import make_executor
-    from .worker import RunInfo, software_versions
     from .progress import Reporter
+    from .worker import RunInfo, software_versions
 
     out_dir = plan.out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -230,12 +231,15 @@ def run_plan(loaded: LoadedRecipe, plan: Plan, *, force: bool = False, only: lis
         reporter.say(f"Removed {len(removed)} unfinished temp file(s) from an interrupted run")
     manifest = Manifest(out_dir / MANIFEST_NAME)
     by_job = {} if force else manifest.outputs_by_job()  # the manifest is read once
-    done = done_jobs(plan, by_job)
+    found = done_jobs(plan, by_job)
     recorded = recorded_outputs(by_job)
+    del by_job
     if not force:
-        adopted = adopt_orphans(plan, manifest, done, recorded)
+        adopted = adopt_orphans(plan, manifest, found, recorded)
         if adopted:
             reporter.say(f"Recorded {adopted} output(s) written just before an interruption")
+    done = set(found)  # the ids: 20,000 records held through a long run would slow every garbage collection
+    del found
     only = list(only or [])
     todo = select_jobs(plan, done, only) if not force else \
         [job for job in plan.jobs if not only or job.stage in only]
@@ -249,10 +253,9 @@ def run_plan(loaded: LoadedRecipe, plan: Plan, *, force: bool = False, only: lis
         reporter.say(f"Warning: {loaded.path} has uncommitted changes; commit it so this run can be reproduced "
                      "from git")
     run_id = uuid.uuid4().hex[:12]
-    manifest.append({"kind": "run", "event": "start", "run_id": run_id, "time": now_iso(), "recipe": info.recipe,
-                     "versions": info.versions, "jobs": len(plan.jobs), "pending": len(todo),
-                     "rehearse": plan.rehearse, "force": force, "only": only, "executor": executor,
-                     "pid": os.getpid()})
+    manifest.append(RunRecord(event="start", run_id=run_id, time=now_iso(), recipe=info.recipe,
+                              versions=info.versions, jobs=len(plan.jobs), pending=len(todo),
+                              rehearse=plan.rehearse, force=force, only=only, executor=executor, pid=os.getpid()))
     stop = threading.Event()
     sink = RunSink(manifest, plan, reporter, stats, stop, recorded)
     interrupted = False
@@ -267,9 +270,8 @@ def run_plan(loaded: LoadedRecipe, plan: Plan, *, force: bool = False, only: lis
     except BaseException as exc:
         # the executor itself failed (e.g. an unreachable Ray cluster): close the run in the manifest
         reporter.stop()
-        manifest.append({"kind": "run", "event": "end", "run_id": run_id, "time": now_iso(),
-                         "seconds": round(time.time() - started, 3), "exit_code": None,
-                         "error": f"{type(exc).__name__}: {exc}", "interrupted": False})
+        manifest.append(RunRecord(event="end", run_id=run_id, time=now_iso(), seconds=round(time.time() - started, 3),
+                                  exit_code=None, error=f"{type(exc).__name__}: {exc}", interrupted=False))
         manifest.close()
         raise
     finally:
@@ -277,10 +279,9 @@ def run_plan(loaded: LoadedRecipe, plan: Plan, *, force: bool = False, only: lis
     interrupted = interrupted or stop.is_set()
     failed = sum(s.failed + s.skipped for s in stats.values())
     code = EXIT_INTERRUPTED if interrupted else (EXIT_FAILED if failed else EXIT_OK)
-    manifest.append({"kind": "run", "event": "end", "run_id": run_id, "time": now_iso(),
-                     "seconds": round(time.time() - started, 3), "exit_code": code,
-                     "rendered": sum(s.rendered for s in stats.values()),
-                     "failed": sum(s.failed for s in stats.values()),
-                     "skipped": sum(s.skipped for s in stats.values()), "interrupted": interrupted})
+    manifest.append(RunRecord(event="end", run_id=run_id, time=now_iso(), seconds=round(time.time() - started, 3),
+                              exit_code=code, rendered=sum(s.rendered for s in stats.values()),
+                              failed=sum(s.failed for s in stats.values()),
+                              skipped=sum(s.skipped for s in stats.values()), interrupted=interrupted))
     manifest.close()
     return RunOutcome(code, stats, sink.failures, interrupted)

@@ -15,11 +15,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+from ..core.job import Job
+from ..core.record import OutputRecord, input_entries, job_fields, stage_fields
 from ..io.artifacts import move_into_place, save_png
 from ..io.hashing import sha256_file
-from ..core.job import Job
 
-Emit = Callable[[dict[str, Any]], None]
+Emit = Callable[[OutputRecord], None]
 
 
 @dataclass
@@ -35,7 +36,7 @@ class RunInfo:
 @dataclass
 class JobResult:
     job_id: str
-    records: list[dict[str, Any]] = field(default_factory=list)
+    records: list[OutputRecord] = field(default_factory=list)
     error: str | None = None
     seconds: float = 0.0
 
@@ -87,10 +88,10 @@ class PendingBatch:
         self.batch = batch
         self.futures: dict[str, Any] = {}
         self.errors: dict[str, str] = {}
-        self.records: dict[str, list[dict[str, Any]]] = {}
+        self.records: dict[str, list[OutputRecord]] = {}
         self.stopped: set[str] = set()  # interrupted between frames: neither done nor failed
 
-    def merge(self, other: "PendingBatch") -> None:
+    def merge(self, other: PendingBatch) -> None:
         self.futures.update(other.futures)
         self.errors.update(other.errors)
         self.stopped.update(other.stopped)
@@ -130,9 +131,9 @@ class JobWorker:
     """
 
     def __init__(self, run: RunInfo):
+        from ..stages.base import StageContext
         from .models import ModelBank
         from .quiet import quiet_libraries
-        from ..stages.base import StageContext
 
         quiet_libraries()
 
@@ -146,7 +147,7 @@ class JobWorker:
         """Render ``batch`` and return when every output is on disk (what Ray workers use)."""
         return self.submit(batch, emit).results()
 
-    def submit(self, batch: list[Job], emit: Emit | None = None) -> "PendingBatch":
+    def submit(self, batch: list[Job], emit: Emit | None = None) -> PendingBatch:
         """Render ``batch`` now; image files are encoded, hashed and written by a background writer.
 
         The returned :class:`PendingBatch` resolves once they are on disk, so the next batch renders
@@ -176,7 +177,7 @@ class JobWorker:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sdbatch-writer")
         return self._pool
 
-    def _render(self, batch: list[Job], emit: Emit | None, pending: "PendingBatch") -> None:
+    def _render(self, batch: list[Job], emit: Emit | None, pending: PendingBatch) -> None:
         from ..stages import stage_entry
 
         render = stage_entry(batch[0].type)
@@ -210,65 +211,42 @@ class JobWorker:
         if missing:
             raise RuntimeError(f"stage {missing[0].type!r} produced no final output for {missing[0].output}")
 
-    def _write(self, item: Any, record: dict[str, Any], emit: Emit | None, start: float) -> JobResult:
+    def _write(self, item: Any, record: OutputRecord, emit: Emit | None, start: float) -> JobResult:
         target = Path(self.run.out_dir) / item.path
         if item.image is not None:
-            record["sha256"] = save_png(target, item.image, record)
+            record.sha256 = save_png(target, item.image, record.to_json())
         else:
-            record["sha256"] = sha256_file(item.file)
+            record.sha256 = sha256_file(item.file)
             move_into_place(item.file, target)
         if emit is not None:
             emit(record)
         return JobResult(item.job.job_id, [record], seconds=time.perf_counter() - start)
 
-    def _record(self, item: Any, seconds: float, batch: list[Job] | None = None) -> dict[str, Any]:
+    def _record(self, item: Any, seconds: float, batch: list[Job] | None = None) -> OutputRecord:
         import torch
 
         from .models import resolve_device
 
         job: Job = item.job
-        inputs = []
-        refs = list(job.inputs) + ([job.mask] if job.mask else [])
-        for i, ref in enumerate(refs):
-            entry = {"path": ref.path, "sha256": item.input_hashes[i] if i < len(item.input_hashes) else ref.sha256}
-            if ref is job.mask:
-                entry["role"] = "mask"
-            inputs.append(entry)
+        fields = job_fields(job)
         device = resolve_device(job.device)
         dtype = job.dtype
         if dtype == "auto":
             dtype = "float16" if device.startswith(("cuda", "mps")) else "float32"
-        record: dict[str, Any] = {
-            "kind": "output",
-            "job_id": job.job_id,
-            "stage": job.stage,
-            "type": job.type,
-            "path": item.path,
-            "prompt": job.prompt,
-            "negative_prompt": job.negative_prompt,
-            "seed": job.seed,
-            "params": dict(job.params),
-            "model": {"id": job.model.id, "revision": job.model.revision, "source": job.model.source},
-            "inputs": inputs,
-            "recipe": self.run.recipe,
-            "versions": self.run.versions,
-            "device": device,
-            "dtype": dtype,
-            "options": dict(job.options),
-            "seconds": round(seconds, 4),
-            "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
-        if "scheduler" in job.params:
+        if "scheduler" in fields["params"]:
             try:
-                record["sampler"] = self.models.sampler_name(job)
+                fields["sampler"] = self.models.sampler_name(job)
             except Exception:  # noqa: BLE001 - a stage that loaded no pipeline has no sampler
                 pass
         if device == "cpu":
-            record["threads"] = torch.get_num_threads()  # CPU float32 pixels depend on it (by a level at most)
+            fields["threads"] = torch.get_num_threads()  # CPU float32 pixels depend on it (by a level at most)
         if batch is not None and len(batch) > 1:
-            record["batch"] = [b.job_id for b in batch]  # so does the batch an image was rendered in
-        record.update(item.extra)
-        return record
+            fields["batch"] = [b.job_id for b in batch]  # so does the batch an image was rendered in
+        return OutputRecord(
+            **fields, path=item.path, inputs=input_entries(job, item.input_hashes), recipe=self.run.recipe,
+            versions=self.run.versions, device=device, dtype=dtype, options=job.options_json(),
+            seconds=round(seconds, 4), time=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **stage_fields(item.extra, is_file=item.image is None))
 
 
 def _debug() -> bool:

@@ -1,0 +1,134 @@
+"""What ``sdbatch reproduce`` needs besides the record: the recipe's folder, the inputs, the models.
+
+Inputs are stage outputs (relative to the output folder) or files relative to the recipe's folder; each is
+checked against its recorded sha256, and a changed one is never swapped for a copy found elsewhere.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from .provenance import Found, ProvenanceError, abs_path, short
+
+
+def recipe_dirs(found: Found) -> list[Path]:
+    """Folders the recipe may live in, best first: those holding a file with the recorded recipe's sha256,
+    then those holding a file of that name. A relative recipe path was relative to where ``sdbatch run``
+    started: tried against the recorded ``dir`` (when the record has one), this working directory and the
+    output folder's parents."""
+    from ..io.hashing import sha256_file
+
+    recipe = found.record.recipe
+    rp = recipe.path
+    if not isinstance(rp, str) or not rp:
+        return []
+    rel = Path(rp).expanduser()
+    # a project moved or copied with its outputs finds its own files first, then where the run started
+    candidates: list[Path] = []
+    for anchor in (found.out_dir, found.file.parent):
+        if anchor is not None:
+            candidates += [root / rel.name for root in (anchor, *anchor.parents)]
+            if not rel.is_absolute():
+                candidates += [root / rel for root in (anchor, *anchor.parents)]
+    if recipe.dir:
+        candidates.append(Path(recipe.dir) / rel.name)
+    candidates.append(rel if rel.is_absolute() else Path.cwd() / rel)
+    exact, named = [], []
+    for candidate in dict.fromkeys(abs_path(c) for c in candidates):
+        if candidate.is_file():
+            try:
+                same = sha256_file(candidate) == recipe.sha256
+            except OSError:
+                same = False
+            (exact if same else named).append(candidate.parent)
+    return list(dict.fromkeys(exact + named))
+
+
+def search_bases(found: Found, dirs: list[Path]) -> list[Path]:
+    bases = list(dirs) + [Path.cwd()]
+    if found.out_dir is not None:
+        bases += [found.out_dir.parent, *found.out_dir.parent.parents]
+    return list(dict.fromkeys(abs_path(b) for b in bases))
+
+
+def _hash_cache_lookup(digest: str, rel: str) -> Path | None:
+    """A file this machine hashed before (planning hashes every input) with ``digest``, ending in ``rel``."""
+    from ..io.hashing import HashCache
+
+    tail = PurePosixPath(rel).parts
+    for real, entry in HashCache.open().entries.items():
+        if isinstance(entry, list) and len(entry) >= 3 and entry[2] == digest:
+            path = Path(real)
+            if tuple(path.parts[-len(tail):]) == tail and path.is_file():
+                return path
+    return None
+
+
+def locate_input(rel: Any, digest: str | None, what: str, found: Found, stage_outputs: set[str],
+                 bases: list[Path]) -> Path:
+    """The file of a recorded input (``what``: "input", "mask", "LoRA") at ``rel`` with sha256 ``digest``."""
+    from ..io.hashing import sha256_file
+
+    if not isinstance(rel, str) or not rel:
+        raise ProvenanceError("the record names an input without a path")
+    given = Path(rel).expanduser()
+    if given.is_absolute():
+        candidates = [given]
+    elif rel in stage_outputs and found.out_dir is not None:
+        candidates = [found.out_dir / rel]  # an upstream stage's output
+    else:
+        candidates = ([found.out_dir / rel] if found.out_dir is not None and not stage_outputs else []) + \
+                     [base / rel for base in bases]
+    changed = []
+    for candidate in dict.fromkeys(candidates):
+        if candidate.is_file():
+            # the nearest file at the recorded path decides: a changed input is never swapped for a copy elsewhere
+            if not digest or sha256_file(candidate) == digest:
+                return candidate
+            changed.append(candidate)
+            break
+    if digest and not changed and not given.is_absolute() and rel not in stage_outputs:
+        cached = _hash_cache_lookup(digest, rel)  # e.g. a recipe run from a folder we cannot guess
+        if cached is not None and sha256_file(cached) == digest:
+            return cached
+    if changed:
+        raise ProvenanceError(f"{what} {rel} has changed since this output was made (sha256 differs from "
+                              f"{short(digest)}): {changed[0]}")
+    looked = ", ".join(str(c.parent) for c in list(dict.fromkeys(candidates))[:4])
+    hint = "" if rel in stage_outputs else " (a recipe-relative path: run reproduce next to the recipe)"
+    raise ProvenanceError(f"{what} {rel} not found (looked in {looked}){hint}")
+
+
+def recorded_model(model_id: Any, revision: Any, source: Any, bases: list[Path], what: str = "model") -> Any:
+    from ..errors import ModelUnavailable
+    from ..sources.specs import locate_recorded_model
+
+    try:
+        return locate_recorded_model(model_id, revision, source, bases, what)
+    except ModelUnavailable as exc:
+        raise ProvenanceError(str(exc)) from None
+
+
+def aux_models(params: dict[str, Any], found: Found, bases: list[Path]) -> dict[str, Any]:
+    """The job's extra model sources recorded in its params: LoRA files, a VAE override, a pipeline config."""
+    from ..core.job import ModelRef
+    from ..sources.specs import local_model_path, parse_identity
+
+    aux: dict[str, Any] = {}
+    for lora in params.get("loras") or []:
+        path = locate_input(lora.get("path"), lora.get("sha256"), "LoRA", found, set(), bases)
+        aux[f"lora:{lora['sha256']}"] = ModelRef(lora["path"], lora["sha256"], "file", str(path))
+    if isinstance(params.get("vae"), str):
+        aux["vae"] = recorded_model(*parse_identity(params["vae"]), bases, what="VAE")
+    config = params.get("pipeline_config")
+    if isinstance(config, str):
+        if config.startswith("sdbatch/"):
+            from ..sources.tiny import BUILTIN_MODELS
+
+            aux["pipeline_config"] = ModelRef(config, BUILTIN_MODELS.get(config, "?"), "builtin")
+        else:
+            local = next((p for p in (local_model_path(config, b) for b in bases) if p is not None), None)
+            aux["pipeline_config"] = ModelRef(config, "local", "folder", str(local)) if local is not None \
+                else ModelRef(config, "configs", "hub-config", None)
+    return aux

@@ -1,0 +1,292 @@
+"""``sdbatch reproduce FILE``: re-render an output from its record alone and compare the pixels.
+
+The :class:`~sdbatch.core.job.Job` is rebuilt from the record (:func:`build_job`, the one place that does it),
+the model found (built-in by name, a hub model in the local cache at the recorded commit, a local file or
+folder by its recorded path, checked against its recorded hash) and the inputs (see :mod:`.locate`); it is
+rendered with a :class:`~sdbatch.runtime.worker.JobWorker` and its pixels compared with the given file.
+
+Match rule: **exact** (every channel of every pixel equal), no tolerance. PNG is lossless, so an untouched
+file decodes to exactly the pixels that were rendered, and a job renders bit-identically again with the
+same software on the same device and CPU thread count: a CPU generator seeds all noise and torch's CPU
+kernels are deterministic for equal inputs and thread count. (Measured with the tiny model: 2 vs 3 threads
+gave equal pixels, 1 vs 2 threads moved 1-6 pixels of 4096 by one level, because float sums are split per
+thread; so the record's ``threads``, when present, is used again.) A tolerance of one level would hide a
++-1 edit of any number of pixels, and would not make reproduction across machines reliable anyway (on big
+models a rounding difference grows over the steps); so a difference is reported with its size, how many
+pixels differ, and the recorded-vs-current environment differences (versions, device, dtype, threads,
+batching) that could explain it.
+
+Exit codes: 0 match, 1 pixels differ, 2 cannot reproduce (no metadata, unsupported output kind,
+missing/changed input or model, render error).
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ..core.record import OutputRecord
+from ..io.manifest import MANIFEST_NAME, read_outputs
+from .locate import aux_models, locate_input, recipe_dirs, recorded_model, search_bases
+from .provenance import (
+    EXIT_CANNOT,
+    EXIT_DIFFERS,
+    EXIT_MATCH,
+    Found,
+    ProvenanceError,
+    abs_path,
+    check_manifest_hash,
+    find_record,
+)
+
+REPRODUCIBLE_TYPES = ("generate", "img2img", "inpaint")
+VIDEO_TYPES = ("restyle", "animate", "interpolate")
+
+
+def _check_reproducible(found: Found) -> None:
+    r, name = found.record, found.file.name
+    kind = r.type
+    if r.role == "preview":
+        raise ProvenanceError(f"{name}: an in-progress preview; reproduce the job's final image instead")
+    if r.role == "frame" or kind in VIDEO_TYPES or found.file.suffix.lower() != ".png":
+        what = "video frames" if r.role == "frame" else (f"{kind} outputs" if kind in VIDEO_TYPES else "this file type")
+        raise ProvenanceError(f"{name}: reproducing {what} is not supported yet (only the image stages: "
+                              f"{', '.join(REPRODUCIBLE_TYPES)})")
+    if kind not in REPRODUCIBLE_TYPES:
+        raise ProvenanceError(f"{name}: unknown stage type {kind!r}")
+    for key in ("params", "seed"):
+        if key not in r.model_fields_set or getattr(r, key) is None:
+            raise ProvenanceError(f"{name}: the record lacks {key!r}")
+
+
+def build_job(found: Found) -> tuple[Any, dict[str, Path], list[Path]]:
+    """The Job of ``found``'s record, with every input located and checked; plus {input path: file} and the
+    folders the recipe may be in."""
+    from ..core.job import InputRef, Job, options_from_json
+    from ..stages import params_from_json
+
+    _check_reproducible(found)
+    r = found.record
+    stage_outputs: set[str] = set()
+    upstream: dict[str, str] = {}
+    if found.out_dir is not None:
+        for rec in read_outputs(found.out_dir / MANIFEST_NAME):
+            stage_outputs.add(rec.path)
+            upstream[rec.path] = rec.job_id
+    dirs = recipe_dirs(found)
+    bases = search_bases(found, dirs)
+    located: dict[str, Path] = {}
+    inputs, mask = [], None
+    for entry in r.inputs:
+        path = locate_input(entry.path, entry.sha256, entry.role or "input", found, stage_outputs, bases)
+        located[entry.path] = path
+        is_stage = entry.path in stage_outputs and found.out_dir is not None and \
+            abs_path(path) == abs_path(found.out_dir / entry.path)
+        ref = InputRef(entry.path, entry.sha256, upstream.get(entry.path) if is_stage else None)
+        if entry.role == "mask":
+            mask = ref
+        else:
+            inputs.append(ref)
+    if r.type in ("img2img", "inpaint") and not inputs:
+        raise ProvenanceError(f"{found.file.name}: the record of this {r.type} output names no input image")
+    if r.type == "inpaint" and mask is None:
+        raise ProvenanceError(f"{found.file.name}: the record of this inpaint output names no mask")
+    model = recorded_model(r.model.id, r.model.revision, r.model.source, bases)
+    device, dtype = _device_for(r)
+    options = {k: v for k, v in r.options.items() if k not in ("batch_size", "previews")}
+    job = Job(job_id=r.job_id, stage=r.stage, type=r.type, prompt=r.prompt, negative_prompt=r.negative_prompt,
+              seed=int(r.seed), params=params_from_json(r.type, r.params), model=model, device=device,
+              dtype=dtype, output=r.path, inputs=inputs, mask=mask, options=options_from_json(options),
+              aux_models=aux_models(r.params, found, bases))
+    return job, located, dirs
+
+
+def _device_for(record: OutputRecord) -> tuple[str, str]:
+    """The recorded device and dtype, or CPU float32 when that device is not here."""
+    device = record.device or "cpu"
+    dtype = record.dtype or "float32"
+    if device == "cpu":
+        return device, dtype
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return device, dtype
+    if device == "mps" and getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return device, dtype
+    return "cpu", "float32"
+
+
+def _pixels(path: Path) -> Any:
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.load()
+        mode = "RGBA" if "A" in im.getbands() else "RGB"
+        return np.asarray(im.convert(mode), dtype=np.int16)
+
+
+def _pin_threads(record: OutputRecord, job: Any) -> tuple[int, int]:
+    """Use the recorded CPU thread count (float sums are split by thread, so it can move a pixel by a level).
+
+    Returns (threads now, threads before) so the caller can restore them.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    recorded = record.threads
+    if job.device == "cpu" and recorded is not None and recorded > 0 and recorded != before:
+        torch.set_num_threads(recorded)
+    return torch.get_num_threads(), before
+
+
+def _maybe_batched(record: OutputRecord) -> bool:
+    """Whether an output without batch membership in its record may still have been rendered in a batch."""
+    size = record.options.get("batch_size", "auto")
+    if isinstance(size, int):
+        return size > 1
+    params = record.params
+    pixels = int(params.get("width") or 512) * int(params.get("height") or 512)
+    return not (record.device or "cpu").startswith("cpu") or pixels <= 256 * 256 // 2  # CPU auto batching
+
+
+def _differences(record: OutputRecord, job: Any, threads: int, batch_size: int) -> list[str]:
+    """Why pixels may legitimately differ: environment differences from the record."""
+    from ..runtime.worker import software_versions
+
+    reasons = []
+    if job.device == "cpu":
+        if record.threads is None:
+            reasons.append(f"CPU threads not recorded (now {threads})")
+        elif record.threads != threads:
+            reasons.append(f"CPU threads {record.threads} -> {threads}")
+    now = software_versions()
+    for name, version in record.versions.items():
+        if name != "sdbatch" and now.get(name) not in (None, version):
+            reasons.append(f"{name} {version} -> {now[name]}")
+    if record.device and record.device != job.device:
+        reasons.append(f"device {record.device} -> {job.device}")
+    if record.dtype and record.dtype != job.dtype:
+        reasons.append(f"dtype {record.dtype} -> {job.dtype}")
+    if record.batch is not None and len(record.batch) > batch_size:
+        reasons.append(f"rendered in a batch of {len(record.batch)}, whose other jobs' records are not at hand; "
+                       f"now {'alone' if batch_size == 1 else f'in a batch of {batch_size}'}")
+    elif record.batch is None and _maybe_batched(record):
+        reasons.append("it may have been rendered in a batch, which its record does not tell; now alone")
+    return reasons
+
+
+def batch_jobs(found: Found, job: Any) -> tuple[list[Any], dict[str, Path]]:
+    """The jobs rendered in one batch with ``found`` (its record's ``batch``: job ids in batch order), rebuilt from
+    their manifest records, so its pixels come out as they did: a batched render may differ from a lone one by
+    a level. Just ``[job]`` when it was rendered alone or the others' records are not at hand."""
+    ids = found.record.batch
+    if ids is None or len(ids) < 2 or found.out_dir is None or job.job_id not in ids:
+        return [job], {}
+    finals = {r.job_id: r for r in read_outputs(found.out_dir / MANIFEST_NAME) if r.job_id in ids and not r.is_part}
+    jobs, located = [], {}
+    for job_id in ids:
+        if job_id == job.job_id:
+            jobs.append(job)
+            continue
+        record = finals.get(job_id)
+        if record is None:
+            return [job], {}
+        try:
+            other, where, _dirs = build_job(Found(found.out_dir / record.path, record, "manifest", found.out_dir))
+        except ProvenanceError:
+            return [job], {}
+        jobs.append(other)
+        located.update(where)
+    return jobs, located
+
+
+def reproduce_output(path: Path, out: Path | None = None) -> int:
+    """Re-render ``path`` from its record and compare pixels: 0 match, 1 differ, 2 cannot reproduce."""
+    try:
+        found = find_record(Path(path))
+        job, located, dirs = build_job(found)
+    except ProvenanceError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_CANNOT
+    temp = None
+    if out is None:
+        temp = tempfile.mkdtemp(prefix="sdbatch-reproduce-")
+        out_dir = Path(temp)
+    else:
+        out_dir = abs_path(Path(out))
+    target = out_dir / job.output
+    if (found.out_dir is not None and out_dir.resolve() == found.out_dir.resolve()) or \
+            (target.exists() and target.resolve() == found.file.resolve()):
+        print(f"--out {out}: re-rendered files would overwrite the originals; choose another folder", file=sys.stderr)
+        return EXIT_CANNOT
+    jobs, more = batch_jobs(found, job)
+    try:
+        return _render_and_compare(found, job, jobs, {**more, **located}, dirs, out_dir, target, keep=temp is None)
+    finally:
+        if temp is not None:
+            shutil.rmtree(temp, ignore_errors=True)
+
+
+def _render(found: Found, job: Any, jobs: list[Any], located: dict[str, Path], dirs: list[Path],
+            out_dir: Path) -> tuple[Any, int]:
+    """Render ``jobs`` into ``out_dir`` with the recorded thread count; (``job``'s result, threads used)."""
+    import torch
+
+    from ..runtime.worker import JobWorker, RunInfo, software_versions
+    from ..stages.base import StageContext
+
+    class _Context(StageContext):
+        def input_path(self, ref: Any) -> Path:  # inputs where they were found, not where the run put them
+            return located.get(ref.path) or super().input_path(ref)
+
+    base_dir = dirs[0] if dirs else Path.cwd()
+    recipe = found.record.recipe.model_dump(mode="json", exclude_unset=True)
+    worker = JobWorker(RunInfo(str(out_dir), str(base_dir), recipe, software_versions()))
+    worker.ctx = _Context(worker.models, out_dir, base_dir)
+    if job.device != found.record.device:
+        print(f"note: recorded on {found.record.device} {found.record.dtype}, which is not available "
+              f"here; rendering on {job.device} {job.dtype}", file=sys.stderr)
+    threads, before = _pin_threads(found.record, job)
+    try:
+        results = {r.job_id: r for r in worker(jobs)}
+    finally:
+        torch.set_num_threads(before)
+    return results.get(job.job_id), threads
+
+
+def _render_and_compare(found: Found, job: Any, jobs: list[Any], located: dict[str, Path], dirs: list[Path],
+                        out_dir: Path, target: Path, keep: bool) -> int:
+    import numpy as np
+
+    result, threads = _render(found, job, jobs, located, dirs, out_dir)
+    if result is None or result.error:
+        print(f"could not re-render {found.file.name}: {result.error if result else 'no output'}", file=sys.stderr)
+        return EXIT_CANNOT
+    original, again = _pixels(found.file), _pixels(target)
+    where = f" (re-rendered: {target})" if keep else ""
+    if original.shape != again.shape:
+        print(f"size differs: {original.shape[1]}x{original.shape[0]} vs re-rendered "
+              f"{again.shape[1]}x{again.shape[0]}{where}")
+        return EXIT_DIFFERS
+    if original.shape[2] != again.shape[2]:
+        original, again = original[..., :3], again[..., :3]
+    diff = np.abs(original - again)
+    worst = int(diff.max()) if diff.size else 0
+    if worst == 0:
+        print(f"match{where}")
+        return EXIT_MATCH
+    changed = int(np.count_nonzero(diff.max(axis=2)))
+    print(f"max pixel difference: {worst}")
+    detail = f"{changed} of {diff.shape[0] * diff.shape[1]} pixels differ{where}"
+    reasons = _differences(found.record, job, threads, len(jobs))
+    if reasons:
+        detail += "; the environment differs from the record: " + ", ".join(reasons)
+    print(detail)
+    check_manifest_hash(found)
+    for note in found.notes:
+        print(f"note: {note}")
+    return EXIT_DIFFERS
