@@ -3,15 +3,15 @@ traceback, nothing rendered. These run the real CLI in a subprocess, as a user w
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from PIL import Image
-
 from conftest import run_cli
+from PIL import Image
 
 HEAD = "model: sdbatch/tiny-sd\n"
 
@@ -105,6 +105,18 @@ def test_every_error_is_reported_at_once(tmp_path):
                      f"{recipe}:11: stages[1].strength: Input should be less than or equal to 1"]
 
 
+BOUNDED_VALIDATE = ("import resource, sys, runpy; resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30));"
+                    "sys.argv = ['sdbatch', 'validate', sys.argv[1]]; runpy.run_module('sdbatch', run_name='__main__')")
+
+
+def validate_bounded(recipe: Path) -> tuple[subprocess.CompletedProcess, float]:
+    """``sdbatch validate`` in a process limited to 2 GiB of address space: (result, wall seconds)."""
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", BOUNDED_VALIDATE, str(recipe)], check=False, capture_output=True,
+                          text=True, timeout=60)
+    return proc, time.perf_counter() - start
+
+
 def test_alias_bomb_is_answered_quickly(tmp_path):
     lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
     for i in range(1, 12):
@@ -112,14 +124,59 @@ def test_alias_bomb_is_answered_quickly(tmp_path):
         lines.append(f"a{i}: &a{i} [{', '.join([prev] * 10)}]")
     recipe = tmp_path / "bomb.yaml"
     recipe.write_text("\n".join(lines) + "\nstages: *a11\n")
-    start = time.time()
-    proc = subprocess.run([sys.executable, "-c",
-                           "import resource, sys, runpy; resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30));"
-                           "sys.argv = ['sdbatch', 'validate', sys.argv[1]]; runpy.run_module('sdbatch', run_name='__main__')",
-                           str(recipe)], capture_output=True, text=True, timeout=60)
-    assert time.time() - start < 10
+    proc, seconds = validate_bounded(recipe)
+    assert seconds < 10
     assert proc.returncode == 2, proc.stderr
     assert "alias bomb" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("leaf", ["{}", "{k: 1}"])
+def test_merge_key_bomb_is_answered_quickly(tmp_path, leaf):
+    """62 lines of ``<<: [*a, *a, *a]`` chains expand 3^58 times: the merges count against the alias budget."""
+    lines = [f"a0: &a0 {leaf}"]
+    lines += [f"a{i}: &a{i} {{<<: [*a{i - 1}, *a{i - 1}, *a{i - 1}]}}" for i in range(1, 59)]
+    lines += [HEAD.strip(), "stages:", "  - {<<: *a58, name: s, type: generate, prompt: x}"]
+    assert len(lines) == 62
+    recipe = tmp_path / "merge-bomb.yaml"
+    recipe.write_text("\n".join(lines) + "\n")
+    proc, seconds = validate_bounded(recipe)
+    assert proc.returncode == 2, proc.stderr
+    assert seconds < 2.0, f"validate took {seconds:.2f} s"
+    out = proc.stderr.strip().splitlines()
+    assert len(out) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    match = re.fullmatch(rf"{re.escape(str(recipe))}:(\d+): YAML expands to more than \d+ values \(an alias bomb\?\)",
+                         out[0])
+    assert match, out[0]
+    assert "<<" in lines[int(match.group(1)) - 1], "the line named is a merge that expands too far"
+
+
+def nested_lists(levels: int) -> str:
+    return "[" * levels + "x" + "]" * levels
+
+
+DEEP = 100  # nesting levels (the limit is 64)
+DEEP_CASES = [
+    ("flow-lists", HEAD + "stages:\n  - {name: a, type: generate, prompt: " + nested_lists(100_000) + "}\n", 3),
+    ("flow-mappings", HEAD + "x: " + "{a: " * 5000 + "1" + "}" * 5000 + "\n", 2),
+    ("block-mappings", "".join("  " * i + "k:\n" for i in range(DEEP)) + "  " * DEEP + "x: 1\n", 65),
+    ("block-lists", "".join("  " * i + "-\n" for i in range(DEEP)) + "  " * DEEP + "- x\n", 65),
+    ("alias-chain", "l0: &l0 [x]\n" + "".join(f"l{i}: &l{i} [*l{i - 1}]\n" for i in range(1, DEEP)), 64),
+    ("alias-in-itself", HEAD + "stages: &s [*s]\n", 2),
+    ("merge-of-itself", HEAD + "stages:\n  - &s {<<: *s, name: a, type: generate, prompt: x}\n", 3),
+]
+
+
+@pytest.mark.parametrize("text,line", [c[1:] for c in DEEP_CASES], ids=[c[0] for c in DEEP_CASES])
+def test_deep_nesting_is_refused_with_one_line(tmp_path, text, line):
+    recipe = tmp_path / "deep.yaml"
+    recipe.write_text(text)
+    proc, seconds = validate_bounded(recipe)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and "RecursionError" not in proc.stderr
+    out = proc.stderr.strip().splitlines()
+    assert len(out) == 1, proc.stderr
+    assert re.fullmatch(rf"{re.escape(str(recipe))}:{line}: YAML nests deeper than 64 levels of .*", out[0]), out[0]
+    assert seconds < 2.0
 
 
 def test_defaults_error_names_where_the_value_came_from(tmp_path):

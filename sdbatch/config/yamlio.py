@@ -3,8 +3,10 @@
 ``load_yaml(text)`` returns plain Python data plus a map from a value's path (a tuple of keys and list
 indices, e.g. ``("stages", 1, "strength")``) to its 1-based line, so validation errors can say
 ``recipe.yaml:12: stages[1].strength: ...``. Only YAML's standard tags are accepted (never
-``!!python/...``), duplicate keys are refused, and aliases are expanded under a node budget so an
-"alias bomb" is answered quickly and in bounded memory.
+``!!python/...``), duplicate keys are refused, and before anything is expanded the document is measured:
+aliases and merge keys (``<<``) count as what they expand to against one budget (:data:`MAX_NODES`), so an
+"alias bomb" is answered at once and in bounded memory, and nesting deeper than :data:`MAX_DEPTH` levels
+(written out, through aliases or merges) is refused instead of exhausting the stack.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import yaml
 
 Path_ = tuple  # a value's path: keys and list indices
 
-MAX_NODES = 1_000_000
+MAX_NODES = 1_000_000  # values an alias-expanded document may have
+MAX_DEPTH = 64  # nesting of lists, mappings and merges, written out or through aliases
 
 _STANDARD_SCALAR_TAGS = {
     "tag:yaml.org,2002:str",
@@ -50,58 +53,164 @@ def format_path(path: Path_) -> str:
     return out
 
 
+def _line(node: yaml.Node) -> int:
+    return node.start_mark.line + 1
+
+
+def _where(node: yaml.Node) -> int:
+    """An alias's own line (where the expansion is asked for), else the node's."""
+    return getattr(node, "alias_line", None) or _line(node)
+
+
+_TOO_DEEP = f"YAML nests deeper than {MAX_DEPTH} levels of lists, mappings and merges ('<<')"
+_TOO_BIG = f"YAML expands to more than {MAX_NODES} values (an alias bomb?)"
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing nesting deeper than :data:`MAX_DEPTH` while it composes.
+
+    PyYAML composes recursively, so a few kilobytes of ``[[[[...`` would otherwise end in a RecursionError;
+    here the first collection past the limit stops the parse. Each alias gives its own shallow copy of the
+    anchored node (sharing its contents) marked with the alias's line, so an expansion that goes too far can
+    be blamed on the alias that asked for it.
+    """
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self._depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            line = self.peek_event().start_mark.line + 1
+            node = super().compose_node(parent, index)
+            alias = type(node)(node.tag, node.value, node.start_mark, node.end_mark)
+            alias.alias_line = line
+            return alias
+        nested = self.check_event(yaml.SequenceStartEvent, yaml.MappingStartEvent)
+        if nested:
+            self._depth += 1
+            if self._depth > MAX_DEPTH:
+                raise YamlError(self.peek_event().start_mark.line + 1, _TOO_DEEP)
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            if nested:
+                self._depth -= 1
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    """What a node expands into: items, keys and values, and each mapping a ``<<`` merges in."""
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if not isinstance(node, yaml.MappingNode):
+        return []
+    out = []
+    for key, value in node.value:
+        if key.tag == _MERGE_TAG:
+            out.extend(value.value if isinstance(value, yaml.SequenceNode) else [value])
+        else:
+            out += [key, value]
+    return out
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Refuse a node graph whose expansion would be too big or too deep, before expanding anything.
+
+    One pass over the graph (each node once, however many aliases share it) gives every node the number of
+    values its expansion builds and how many levels it nests (a merged mapping counting as one). Aliases and
+    merge keys thus count against :data:`MAX_NODES` as what they expand to, in time linear in the file.
+    """
+    size: dict[int, int] = {}
+    height: dict[int, int] = {}
+    active: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        kids = _children(node)
+        if done:
+            active.discard(key)
+            size[key] = 1 + sum(size[id(k)] for k in kids)
+            height[key] = (1 + max((height[id(k)] for k in kids), default=0)) if isinstance(
+                node, (yaml.SequenceNode, yaml.MappingNode)) else 0
+            continue
+        if key in size:
+            continue
+        active.add(key)
+        stack.append((node, True))
+        for kid in kids:
+            if id(kid) in active:  # an alias inside what it names: endless nesting
+                raise YamlError(_where(kid), _TOO_DEEP)
+            if id(kid) not in size:
+                stack.append((kid, False))
+    if height[id(root)] > MAX_DEPTH:
+        raise YamlError(_blame(root, lambda n, level: level + height[id(n)] - 1 > MAX_DEPTH), _TOO_DEEP)
+    if size[id(root)] > MAX_NODES:
+        raise YamlError(_blame(root, lambda n, level: size[id(n)] > MAX_NODES), _TOO_BIG)
+
+
+def _blame(root: yaml.Node, over: Any) -> int:
+    """The line to name: follow the first child still ``over`` the limit down to an alias, or as far as it goes."""
+    node, level = root, 1
+    while not hasattr(node, "alias_line") and level <= MAX_DEPTH:
+        nxt = next((k for k in _children(node) if over(k, level + 1)), None)
+        if nxt is None:
+            break
+        node, level = nxt, level + 1
+    return _where(node)
+
+
 class _Builder:
+    """Node graph -> plain data (aliases and merge keys expanded), recording each value's line."""
+
     def __init__(self) -> None:
         self.lines: dict[Path_, int] = {}
-        self.budget = MAX_NODES
         self.constructor = yaml.constructor.SafeConstructor()
 
     def build(self, node: yaml.Node, path: Path_) -> Any:
-        self.budget -= 1
-        if self.budget < 0:
-            raise YamlError(
-                node.start_mark.line + 1,
-                f"YAML expands to more than {MAX_NODES} values (an alias bomb?)",
-            )
-        self.lines.setdefault(path, node.start_mark.line + 1)
+        self.lines.setdefault(path, _line(node))
         if isinstance(node, yaml.ScalarNode):
             if node.tag not in _STANDARD_SCALAR_TAGS:
-                raise YamlError(node.start_mark.line + 1, f"YAML tag {node.tag!r} is not allowed (safe loading only)")
+                raise YamlError(_line(node), f"YAML tag {node.tag!r} is not allowed (safe loading only)")
             return self.constructor.construct_object(node, deep=True)
+        if not isinstance(node, (yaml.SequenceNode, yaml.MappingNode)):
+            raise YamlError(_line(node), "unsupported YAML node")
+        if node.tag != (_SEQ_TAG if isinstance(node, yaml.SequenceNode) else _MAP_TAG):
+            raise YamlError(_line(node), f"YAML tag {node.tag!r} is not allowed (safe loading only)")
         if isinstance(node, yaml.SequenceNode):
-            if node.tag != _SEQ_TAG:
-                raise YamlError(node.start_mark.line + 1, f"YAML tag {node.tag!r} is not allowed (safe loading only)")
             return [self.build(item, path + (i,)) for i, item in enumerate(node.value)]
-        if isinstance(node, yaml.MappingNode):
-            if node.tag != _MAP_TAG:
-                raise YamlError(node.start_mark.line + 1, f"YAML tag {node.tag!r} is not allowed (safe loading only)")
-            return self._mapping(node, path)
-        raise YamlError(node.start_mark.line + 1, "unsupported YAML node")
-
-    def _mapping(self, node: yaml.MappingNode, path: Path_) -> dict:
         result: dict = {}
-        merged: dict = {}
+        self._entries(node, path, result)
+        return result
+
+    def _entries(self, node: yaml.MappingNode, path: Path_, result: dict) -> None:
+        """Add ``node``'s own keys to ``result``, then its merged mappings' keys; a key already there wins.
+
+        That is YAML's merge order: the mapping's own keys, then each ``<<`` source in turn (its own keys,
+        then its merges). Keys that lose are never built, so their lines never shadow the user's own.
+        """
+        merges = []
+        own: set = set()
         for key_node, value_node in node.value:
             if key_node.tag == _MERGE_TAG:
-                sources = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
-                for source in sources:
-                    if not isinstance(source, yaml.MappingNode):
-                        raise YamlError(source.start_mark.line + 1, "'<<' merges only mappings")
-                    for k, v in self._mapping(source, path).items():
-                        merged.setdefault(k, v)
+                merges.extend(value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node])
                 continue
             if not isinstance(key_node, yaml.ScalarNode):
-                raise YamlError(key_node.start_mark.line + 1, "mapping keys must be plain scalars")
+                raise YamlError(_line(key_node), "mapping keys must be plain scalars")
             key = self.build(key_node, path + ("<key>",))
             if isinstance(key, (list, dict)) or key is None:
-                raise YamlError(key_node.start_mark.line + 1, "mapping keys must be plain scalars")
+                raise YamlError(_line(key_node), "mapping keys must be plain scalars")
+            if key in own:
+                raise YamlError(_line(key_node), f"{format_path(path + (key,))}: duplicate key")
+            own.add(key)
             if key in result:
-                raise YamlError(key_node.start_mark.line + 1, f"{format_path(path + (key,))}: duplicate key")
-            self.lines[path + (key,)] = key_node.start_mark.line + 1
+                continue  # set by a mapping that merges this one
+            self.lines.setdefault(path + (key,), _line(key_node))
             result[key] = self.build(value_node, path + (key,))
-        for k, v in merged.items():
-            result.setdefault(k, v)
-        return result
+        for source in merges:
+            if not isinstance(source, yaml.MappingNode):
+                raise YamlError(_line(source), "'<<' merges only mappings")
+            self._entries(source, path, result)
 
 
 def load_yaml(text: str) -> tuple[Any, dict[Path_, int]]:
@@ -112,7 +221,7 @@ def load_yaml(text: str) -> tuple[Any, dict[Path_, int]]:
         data, lines = load_yaml("a:\\n  b: 1\\n")
         assert data == {"a": {"b": 1}} and lines[("a", "b")] == 2
     """
-    loader = yaml.SafeLoader(text)
+    loader = _Loader(text)
     try:
         node = loader.get_single_node()
     except yaml.MarkedYAMLError as exc:
@@ -130,6 +239,7 @@ def load_yaml(text: str) -> tuple[Any, dict[Path_, int]]:
         loader.dispose()
     if node is None:
         raise YamlError(1, "the file is empty")
+    _check_expansion(node)
     builder = _Builder()
     data = builder.build(node, ())
     return data, builder.lines
