@@ -4,7 +4,6 @@ recorded truthfully, re-runs render only what changed, and a killed run resumes 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import manifest_records, output_pngs, png_pixels, run_cli
 from PIL import Image, ImageDraw
 
-from conftest import manifest_records, output_pngs, png_pixels, run_cli
 from sdbatch.io.hashing import sha256_file
 
 CHAIN = """\

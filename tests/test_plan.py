@@ -7,8 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sdbatch.core.plan import build_plan, rehearse_size
 from sdbatch.config.recipe import parse_recipe
+from sdbatch.core.plan import build_plan, rehearse_size
 
 BASE = """\
 model: sdbatch/tiny-sd
@@ -67,8 +67,8 @@ def test_rehearse_caps_size_steps_and_swaps_model(tmp_path):
     plan = plan_of(text.replace("steps: 4", "steps: 30"), tmp_path, rehearse=True)
     job = plan.jobs[0]
     assert job.model.id == "sdbatch/tiny-sd" and job.device == "cpu" and job.dtype == "float32"
-    assert (job.params["width"], job.params["height"]) == (64, 40) == rehearse_size(768, 512)
-    assert job.params["steps"] == 4
+    assert (job.params.width, job.params.height) == (64, 40) == rehearse_size(768, 512)
+    assert job.params.steps == 4
     xl = plan_of(text.replace("stabilityai/sd-turbo", "stabilityai/sdxl-turbo"), tmp_path, rehearse=True)
     assert xl.jobs[0].model.id == "sdbatch/tiny-sdxl"
 

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from jsonschema import Draft202012Validator
-
 from conftest import run_cli
+from jsonschema import Draft202012Validator
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS_SCHEMA = REPO / "docs" / "recipe.schema.json"

@@ -46,14 +46,14 @@ class Job:
     prompt: str
     negative_prompt: str
     seed: int
-    params: dict[str, Any]
+    params: Any  # the stage type's JobParams (sdbatch.core.params)
     model: ModelRef
     device: str
     dtype: str
     output: str  # path relative to the output folder
     inputs: list[InputRef] = field(default_factory=list)
     mask: InputRef | None = None
-    options: dict[str, Any] = field(default_factory=dict)  # performance options: not part of the id
+    options: Any = None  # RunOptions (sdbatch.core.params): runtime options, not part of the id
     aux_models: dict[str, ModelRef] = field(default_factory=dict)  # e.g. {"depth": ...} (in params by identity)
 
     @property
@@ -67,38 +67,23 @@ class Job:
 
     @property
     def batch_key(self) -> tuple:
-        """Jobs with equal keys may be rendered in one batch."""
-        p = self.params
-        return (self.stage, self.model.identity(), self.device, self.dtype, p.get("width"), p.get("height"),
-                p.get("steps"), p.get("scheduler"), p.get("guidance"), p.get("strength"),
-                json.dumps(p.get("loras")), p.get("vae"), p.get("pipeline_config"))
+        """Jobs with equal keys may be rendered in one batch: same stage, model, device, dtype and params
+        (everything but prompt, negative prompt, seed and inputs)."""
+        return (self.stage, self.model.identity(), self.device, self.dtype, self.params.key())
 
     def params_json(self) -> dict[str, Any]:
         """The identity parameters as JSON (the manifest's ``params``; hashed into the job id)."""
-        return dict(self.params)
+        return self.params.to_json()
 
     def options_json(self) -> dict[str, Any]:
         """The runtime options that were set (the manifest's ``options``; never part of the id)."""
-        return dict(self.options)
+        return self.options.model_dump(exclude_none=True)
 
     def to_json(self, status: str | None = None) -> dict[str, Any]:
-        data = {
-            "job_id": self.job_id,
-            "stage": self.stage,
-            "type": self.type,
-            "prompt": self.prompt,
-            "negative_prompt": self.negative_prompt,
-            "seed": self.seed,
-            "params": self.params,
-            "model": {"id": self.model.id, "revision": self.model.revision},
-            "inputs": [{"path": r.path, "sha256": r.sha256, "job_id": r.job_id} for r in self.inputs],
-            "output": self.output,
-        }
-        if self.mask:
-            data["mask"] = {"path": self.mask.path, "sha256": self.mask.sha256}
-        if status is not None:
-            data["status"] = status
-        return data
+        """The job as ``sdbatch plan --json`` lists it (see :func:`sdbatch.core.record.plan_entry`)."""
+        from .record import plan_entry
+
+        return plan_entry(self, status)
 
 
 def slugify(text: str, limit: int = 40) -> str:
@@ -112,4 +97,6 @@ def canonical_json(value: Any) -> str:
 
 def options_from_json(data: dict[str, Any]) -> Any:
     """A job's runtime options rebuilt from a manifest record's ``options`` (the inverse of ``Job.options_json``)."""
-    return dict(data)
+    from .params import RunOptions
+
+    return RunOptions.model_validate(data)

@@ -86,7 +86,7 @@ class Reporter:
         for name, s in stats.items():
             table.add_row(name, str(s.jobs), str(s.done_before), str(s.rendered), str(s.failed), str(s.skipped))
         self.console.print(table)
-        for stage, output, error in failures[:20]:
+        for _stage, output, error in failures[:20]:
             self.console.print(f"failed: {output}: {error}", markup=False)
         if len(failures) > 20:
             self.console.print(f"... and {len(failures) - 20} more failures (see manifest.jsonl)")

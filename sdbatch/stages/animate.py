@@ -42,13 +42,17 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Annotated, Any, Iterator, Literal
 
 import numpy as np
+from pydantic import Field, StrictInt, field_validator, model_validator
 
+from ..config.stage import REHEARSE_MAX_FRAMES, StageConfig
+from ..config.types import ColorMode, Fps, NonNegInt, Prompt, Schedule, StrictModel, Sweep
 from ..core.job import Job
 from .base import Rendered, StageContext
+from .diffusion import run_pipeline
+from .frames import encode_frames
 
 MOTION_2D = ("angle", "zoom", "translation_x", "translation_y")
 MOTION_3D = ("translation_x", "translation_y", "translation_z", "rotation_3d_x", "rotation_3d_y", "rotation_3d_z",
@@ -56,32 +60,96 @@ MOTION_3D = ("translation_x", "translation_y", "translation_z", "rotation_3d_x",
 RENDER_SCHEDULES = ("strength", "noise", "contrast", "guidance")
 
 
+class Motion(StrictModel):
+    """Camera motion; every value is a schedule (per frame)."""
+
+    angle: Schedule = "0:(0)"
+    zoom: Schedule = "0:(1.0)"
+    translation_x: Schedule = "0:(0)"
+    translation_y: Schedule = "0:(0)"
+    translation_z: Schedule = "0:(0)"
+    rotation_3d_x: Schedule = "0:(0)"
+    rotation_3d_y: Schedule = "0:(0)"
+    rotation_3d_z: Schedule = "0:(0)"
+    fov: Schedule = "0:(40)"
+
+
+class AnimateStage(StageConfig):
+    """2D/3D camera-motion animation with Deforum schedules (strength in diffusers' sense)."""
+
+    SWEEPS = ("prompt", "negative_prompt", "steps", "scheduler")
+    VIDEO = True
+    READS = "image"
+    INPUT_FIELD = "init"
+    PLANNED = StageConfig.PLANNED | {"init"}
+    OMIT_IF_NONE = frozenset({"depth_model"})  # identity of the resolved depth model, 3d only
+    type: Literal["animate"]
+    mode: Literal["2d", "3d"] = "2d"
+    frames: Annotated[StrictInt, Field(gt=0, le=100_000)]
+    fps: Fps = 15.0
+    prompt: Sweep(Prompt) | None = None
+    prompts: dict[NonNegInt, str] | None = None
+    init: str | None = None
+    seed_behavior: Literal["iter", "fixed", "random", "ladder", "alternate"] = "iter"
+    strength: Schedule = "0:(0.35)"
+    noise: Schedule = "0:(0.02)"
+    contrast: Schedule = "0:(1.0)"
+    guidance: Schedule = "0:(7.5)"  # type: ignore[assignment]
+    color_coherence: ColorMode = "lab"
+    cadence: Annotated[StrictInt, Field(gt=0, le=1000)] = 1
+    border: Literal["replicate", "wrap"] = "replicate"
+    depth_model: str = "depth-anything/Depth-Anything-V2-Small-hf"
+    motion: Motion = Motion()
+
+    @model_validator(mode="after")
+    def _prompt_or_prompts(self) -> AnimateStage:
+        if (self.prompt is None) == (self.prompts is None):
+            raise ValueError("give either 'prompt' or 'prompts' ({frame: prompt, ...})")
+        if self.prompts is not None and not self.prompts:
+            raise ValueError("'prompts' must not be empty")
+        return self
+
+    @field_validator("seed")
+    @classmethod
+    def _seed_not_negative(cls, value: int | None) -> int | None:
+        if value is not None and value < 0:
+            raise ValueError("must be >= 0 for an animation (seed behaviours step from it)")
+        return value
+
+    def plan_hook(self, planner: Any, fixed: dict[str, Any]) -> None:
+        """Evaluate every schedule over the animation's frames now, not at frame 3 at 3 a.m.; 3d: the depth model."""
+        from ..animation.schedule import ScheduleError, evaluate_schedule
+
+        named = [((key,), getattr(self, key)) for key in RENDER_SCHEDULES]
+        named += [(("motion", key), text) for key, text in self.motion.model_dump().items()]
+        for path, text in named:
+            try:
+                values = evaluate_schedule(text, self.frames)
+            except ScheduleError as exc:
+                planner.problem(path, str(exc))
+                continue
+            if path == ("strength",) and any(not 0 <= v <= 1 for v in values):
+                bad = next(i for i, v in enumerate(values) if not 0 <= v <= 1)
+                planner.problem(path, f"the schedule gives {values[bad]:g} at frame {bad}; strength must be "
+                                      "within [0, 1]")
+        if self.mode == "3d":
+            fixed["depth_model"] = planner.aux_model("depth", self.depth_model, rehearsal="sdbatch/tiny-depth").identity()
+        else:
+            fixed["depth_model"] = None
+
+    def rehearse_params(self, params: dict[str, Any]) -> None:
+        params["frames"] = min(params["frames"], REHEARSE_MAX_FRAMES)
+
+
 def render(jobs: list[Job], ctx: StageContext) -> Iterator[Rendered]:
     for job in jobs:
         yield from Animation(job, ctx).run()
 
 
-def video_temp_path(ctx: StageContext, job: Job) -> Path:
-    """A temp name for the mp4 that still ends in the output's suffix (the encoder picks the container by
-    suffix) and that the runner's temp-file cleanup recognises (``.<name>.tmp-<pid>-<rand>.mp4``)."""
-    tmp = ctx.temp_output(job)
-    return tmp.with_name(tmp.name + Path(job.output).suffix)
-
-
-def encode_frames(ctx: StageContext, job: Job, count: int, fps: float) -> Path:
-    """Encode frames ``0 .. count-1`` of ``job`` into a temp video file for the worker to move into place."""
-    from ..io.video import encode_video
-
-    paths = [ctx.out_dir / ctx.frame_path(job, i) for i in range(count)]
-    target = video_temp_path(ctx, job)
-    encode_video(paths, target, fps)
-    return target
-
-
 def prompt_series(job: Job, frames: int) -> list[str]:
     """The prompt of every frame: ``job.prompt``, or the ``prompts`` keyframes held until the next key
     (before the first key, the first key's prompt: Deforum's ffill + bfill)."""
-    keyed = job.params.get("prompts")
+    keyed = job.params.prompts
     if not keyed:
         return [job.prompt] * frames
     keys = sorted((int(k), v) for k, v in keyed.items())
@@ -103,21 +171,19 @@ class Animation:
         self.job = job
         self.ctx = ctx
         p = job.params
-        self.frames = int(p["frames"])
-        self.fps = float(p["fps"])
-        self.cadence = int(p.get("cadence") or 1)
-        self.mode = p.get("mode", "2d")
-        self.border = p.get("border", "replicate")
-        self.color = p.get("color_coherence", "none")
-        self.steps = int(p["steps"])
-        self.size = (int(p["width"]), int(p["height"]))
+        self.frames = p.frames
+        self.fps = float(p.fps)
+        self.cadence = p.cadence
+        self.mode = p.mode
+        self.border = p.border
+        self.color = p.color_coherence
+        self.steps = p.steps
+        self.size = (p.width, p.height)
         if job.seed < 0:
             raise ValueError(f"animate needs a seed >= 0 (got {job.seed})")
-        motion = p.get("motion") or {}
-        defaults = {"angle": "0:(0)", "zoom": "0:(1.0)", "fov": "0:(40)"}
-        texts = {name: p[name] for name in RENDER_SCHEDULES}
+        texts = {name: getattr(p, name) for name in RENDER_SCHEDULES}
         for name in MOTION_3D if self.mode == "3d" else MOTION_2D:
-            texts[name] = motion.get(name, defaults.get(name, "0:(0)"))
+            texts[name] = getattr(p.motion, name)
         self.schedules: dict[str, list[float]] = {}
         for name, text in texts.items():
             try:
@@ -127,7 +193,7 @@ class Animation:
                 raise ValueError(f"{where}: {exc}") from None
         self.prompts = prompt_series(job, self.frames)
         self.slots = math.ceil(self.frames / self.cadence)
-        self.seeds = frame_seeds(job.seed, p.get("seed_behavior", "iter"), self.slots)
+        self.seeds = frame_seeds(job.seed, p.seed_behavior, self.slots)
         self.input_hashes: list[str] = []
         self.reference: np.ndarray | None = None  # frame 0 as saved: the colour-coherence target
         self._depth_model: Any = None
@@ -148,27 +214,22 @@ class Animation:
         return int(self.steps * strength) >= 1
 
     # ---------------------------------------------------------------------------------------- pipelines
-    def _negative(self) -> str | None:
-        return self.job.negative_prompt or None
-
     def _to_array(self, image: Any) -> np.ndarray:
         return np.array(image.convert("RGB"), dtype=np.uint8)
 
-    def txt2img(self, i: int, seed: int) -> np.ndarray:
-        pipe = self.ctx.models.pipeline(self.job, "text2img")
-        image = pipe(prompt=[self.prompts[i]], negative_prompt=self._negative(), num_inference_steps=self.steps,
-                     guidance_scale=self.value("guidance", i), width=self.size[0], height=self.size[1],
-                     generator=self.ctx.generator(seed)).images[0]
+    def _diffuse(self, task: str, i: int, seed: int, **task_kwargs: Any) -> np.ndarray:
+        pipe = self.ctx.models.pipeline(self.job, task)
+        image = run_pipeline(pipe, [self.job], self.ctx, guidance=self.value("guidance", i), prompts=[self.prompts[i]],
+                             generator=[self.ctx.generator(seed)], **task_kwargs)[0]
         return self._to_array(image)
+
+    def txt2img(self, i: int, seed: int) -> np.ndarray:
+        return self._diffuse("text2img", i, seed, width=self.size[0], height=self.size[1])
 
     def img2img(self, image: np.ndarray, i: int, seed: int, strength: float) -> np.ndarray:
         from PIL import Image
 
-        pipe = self.ctx.models.pipeline(self.job, "img2img")
-        out = pipe(prompt=[self.prompts[i]], negative_prompt=self._negative(), image=Image.fromarray(image),
-                   strength=strength, num_inference_steps=self.steps, guidance_scale=self.value("guidance", i),
-                   generator=self.ctx.generator(seed)).images[0]
-        return self._to_array(out)
+        return self._diffuse("img2img", i, seed, image=Image.fromarray(image), strength=strength)
 
     # -------------------------------------------------------------------------------------------- motion
     def depth(self, image: np.ndarray) -> np.ndarray | None:
@@ -188,8 +249,9 @@ class Animation:
             if ref is None:
                 raise RuntimeError("a 3d animate job has no depth model (aux_models['depth'])")
             device = resolve_device(self.job.device)
+            allow_pickle = bool(self.job.options.allow_pickle)
             self._depth_model = self.ctx.models.get_or_load(
-                ("depth", ref.identity(), device), lambda: load_depth_model(ref, device))
+                ("depth", ref.identity(), device), lambda: load_depth_model(ref, device, allow_pickle=allow_pickle))
         return self._depth_model
 
     def warp(self, image: np.ndarray, i: int, depth: np.ndarray | None) -> np.ndarray:
@@ -317,6 +379,9 @@ class Animation:
                 yield Rendered(job, ctx.frame_path(job, j), Image.fromarray(frame), extra=extra,
                                input_hashes=list(self.input_hashes))
                 last = frame
-        video = encode_frames(ctx, job, self.frames, self.fps)
+        video = encode_frames(ctx.out_dir, job, self.frames, self.fps)
         yield Rendered(job, job.output, file=video, extra={"frames": self.frames, "fps": self.fps},
                        input_hashes=list(self.input_hashes))
+
+
+CONFIG = AnimateStage

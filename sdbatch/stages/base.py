@@ -6,8 +6,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..io.hashing import sha256_file
 from ..core.job import InputRef, Job
+from ..io.hashing import sha256_file
+from . import frames
 
 
 @dataclass
@@ -58,39 +59,15 @@ class StageContext:
             image = image.resize(tuple(size), Image.LANCZOS)
         return LoadedInput(ref.path, digest, image)
 
-    # ---- video stages: frames are outputs too, and resume from what was saved
+    # ---- video stages: frames are outputs too, and resume from what was saved (see .frames)
     @staticmethod
     def frame_path(job: Job, index: int) -> str:
         """``<stage>/frames/000042.png`` (relative to the output folder)."""
-        return f"{job.frames_dir}/{index:06d}.png"
+        return frames.frame_path(job, index)
 
     def saved_frame(self, job: Job, relpath: str) -> Any:
-        """The frame as saved by an earlier (possibly killed) run of this same job, or None.
-
-        Coherent stages continue from the saved PNG, which is what makes a resumed run identical to an
-        uninterrupted one.
-        """
-        from PIL import Image
-
-        from ..io.artifacts import read_png_record
-
-        path = self.out_dir / relpath
-        if not path.is_file():
-            return None
-        record = read_png_record(path)
-        if not record or record.get("job_id") != job.job_id:
-            return None
-        with Image.open(path) as im:
-            im.load()
-            return im.convert("RGB")
-
-    def temp_output(self, job: Job) -> Path:
-        """A temp file beside the job's final output (e.g. for the mp4), renamed into place by the worker."""
-        from ..io.artifacts import temp_path_for
-
-        final = self.out_dir / job.output
-        final.parent.mkdir(parents=True, exist_ok=True)
-        return temp_path_for(final)
+        """The frame as saved by an earlier (possibly killed) run of this same job, or None."""
+        return frames.saved_frame(self.out_dir, job, relpath)
 
     @staticmethod
     def generator(seed: int) -> Any:

@@ -8,25 +8,37 @@ generator=torch.Generator("cpu").manual_seed(seed))``. At strength 0 no diffusio
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterator, Literal
 
+from ..config.stage import ImageToImageConfig
+from ..config.types import Strength, Sweep
 from ..core.job import Job
 from .base import Rendered, StageContext
-from .generate import previews_for, run_pipeline
+from .diffusion import previews_for, run_pipeline
+
+
+class Img2ImgStage(ImageToImageConfig):
+    """img2img: ``input`` is a stage name, or a file / folder / glob relative to the recipe file."""
+
+    type: Literal["img2img"]
+    strength: Sweep(Strength) = [0.8]
 
 
 def render(jobs: list[Job], ctx: StageContext) -> Iterator[Rendered]:
     p = jobs[0].params
-    size = (p["width"], p["height"])
+    size = (p.width, p.height)
     inits = [ctx.load_image(job.inputs[0], size) for job in jobs]
-    if p["strength"] == 0:
+    if p.strength == 0:
         for job, init in zip(jobs, inits):
             yield Rendered(job, job.output, init.image, input_hashes=[init.sha256])
         return
     pipe = ctx.models.pipeline(jobs[0], "img2img")
     previews = previews_for(jobs)
-    images = run_pipeline(pipe, jobs, ctx, previews, image=[init.image for init in inits], strength=p["strength"])
+    images = run_pipeline(pipe, jobs, ctx, previews, image=[init.image for init in inits], strength=p.strength)
     if previews is not None:
         yield from previews.rendered()
     for job, init, image in zip(jobs, inits, images):
         yield Rendered(job, job.output, image, input_hashes=[init.sha256])
+
+
+CONFIG = Img2ImgStage

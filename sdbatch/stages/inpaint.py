@@ -7,13 +7,23 @@ the input's own pixels are pasted back outside a feathered mask. The feather lie
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal
 
 import numpy as np
 
+from ..config.stage import ImageToImageConfig
+from ..config.types import Strength, Sweep
 from ..core.job import Job
 from .base import Rendered, StageContext
-from .generate import previews_for, run_pipeline
+from .diffusion import previews_for, run_pipeline
+
+
+class InpaintStage(ImageToImageConfig):
+    """inpaint: ``mask`` is one file, or a folder/glob matched to inputs by file stem (white = repaint)."""
+
+    type: Literal["inpaint"]
+    mask: str
+    strength: Sweep(Strength) = [1.0]
 
 FEATHER_PX = 4
 
@@ -45,20 +55,23 @@ def paste_outside_mask(original: Any, rendered: Any, mask: Any) -> Any:
 
 def render(jobs: list[Job], ctx: StageContext) -> Iterator[Rendered]:
     p = jobs[0].params
-    size = (p["width"], p["height"])
+    size = (p.width, p.height)
     inits = [ctx.load_image(job.inputs[0], size) for job in jobs]
     masks = [ctx.load_image(job.mask, size, mode="L") for job in jobs]  # type: ignore[arg-type]
-    if p["strength"] == 0:
+    if p.strength == 0:
         for job, init, mask in zip(jobs, inits, masks):
             yield Rendered(job, job.output, init.image, input_hashes=[init.sha256, mask.sha256])
         return
     pipe = ctx.models.pipeline(jobs[0], "inpaint")
     previews = previews_for(jobs)
     images = run_pipeline(pipe, jobs, ctx, previews, image=[init.image for init in inits],
-                          mask_image=[mask.image for mask in masks], strength=p["strength"], width=p["width"],
-                          height=p["height"])
+                          mask_image=[mask.image for mask in masks], strength=p.strength, width=p.width,
+                          height=p.height)
     if previews is not None:  # pasted like the final image
         yield from previews.rendered(lambda i, image: paste_outside_mask(inits[i].image, image, masks[i].image))
     for job, init, mask, image in zip(jobs, inits, masks, images):
         yield Rendered(job, job.output, paste_outside_mask(init.image, image, mask.image),
                        input_hashes=[init.sha256, mask.sha256])
+
+
+CONFIG = InpaintStage

@@ -19,11 +19,40 @@ the nearer seed, advanced past the initial-noise draw as in ``generate``, so sto
 from __future__ import annotations
 
 import math
-from typing import Any, Iterator
+from typing import Annotated, Any, Iterator, Literal
 
+from pydantic import Field, StrictInt, model_validator
+
+from ..config.stage import StageConfig
+from ..config.types import Fps, Prompt, Sweep
 from ..core.job import Job
-from .animate import encode_frames
 from .base import Rendered, StageContext
+from .diffusion import prompt_kwargs, run_pipeline
+from .frames import encode_frames
+
+
+class InterpolateStage(StageConfig):
+    """A "dream" video: frames walk the slerp path between seeds' initial noises (and prompts' embeddings)."""
+
+    VIDEO = True
+    PLANNED = StageConfig.PLANNED - {"seeds"}  # the seeds are the path: identity params, not a sweep
+    type: Literal["interpolate"]
+    prompt: Sweep(Prompt) | None = None
+    prompts: list[str] | None = None
+    seeds: Annotated[list[StrictInt], Field(min_length=2)]  # type: ignore[assignment]
+    frames: Annotated[StrictInt, Field(ge=2, le=100_000)]
+    fps: Fps = 12.0
+
+    @model_validator(mode="after")
+    def _prompts_match_seeds(self) -> InterpolateStage:
+        if (self.prompt is None) == (self.prompts is None):
+            raise ValueError("give either 'prompt' or 'prompts' (one per seed)")
+        if self.prompts is not None and len(self.prompts) != len(self.seeds):
+            raise ValueError(f"'prompts' has {len(self.prompts)} entries but 'seeds' has {len(self.seeds)}")
+        return self
+
+    def job_seeds(self) -> list[int]:
+        return [self.seeds[0]]  # one job walks every seed; it is named after the first
 
 DOT_THRESHOLD = 0.9995
 
@@ -94,28 +123,12 @@ def initial_noise(pipe: Any, ctx: StageContext, seed: int, width: int, height: i
     return noise, generator
 
 
-_EMBED_NAMES = ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds")
-
-
-def prompt_embeddings(pipe: Any, prompt: str, negative: str | None, guidance: float) -> dict[str, Any]:
-    """``pipe.encode_prompt`` for one prompt, as the keyword arguments the pipeline takes back."""
-    import torch
-
-    cfg = guidance > 1 and getattr(pipe.unet.config, "time_cond_proj_dim", None) is None
-    with torch.no_grad():
-        encoded = pipe.encode_prompt(prompt=[prompt], device=pipe._execution_device, num_images_per_prompt=1,
-                                     do_classifier_free_guidance=cfg,
-                                     negative_prompt=[negative] if negative else None)
-    return {name: value for name, value in zip(_EMBED_NAMES, encoded) if value is not None}
-
-
 def render_job(job: Job, ctx: StageContext) -> Iterator[Rendered]:
     p = job.params
-    seeds = [int(s) for s in p["seeds"]]
-    prompts = p.get("prompts")
-    frames = int(p["frames"])
-    width, height = int(p["width"]), int(p["height"])
-    negative = job.negative_prompt or None
+    seeds = list(p.seeds)
+    prompts = p.prompts
+    frames = p.frames
+    width, height = p.width, p.height
     pipe = None
     noises: list[Any] = []
     embeddings: list[dict[str, Any]] = []
@@ -130,7 +143,7 @@ def render_job(job: Job, ctx: StageContext) -> Iterator[Rendered]:
                 cache: dict[str, dict[str, Any]] = {}
                 for text in prompts:
                     if text not in cache:
-                        cache[text] = prompt_embeddings(pipe, text, negative, p["guidance"])
+                        cache[text] = prompt_kwargs(pipe, [job], ctx, p.guidance, [text])
                     embeddings.append(cache[text])
         segment, t = path_point(k, frames, len(seeds))
         if t == 0.0:
@@ -141,14 +154,12 @@ def render_job(job: Job, ctx: StageContext) -> Iterator[Rendered]:
             latents = slerp(t, noises[segment], noises[segment + 1])
         near = segment if t < 0.5 else segment + 1
         _, generator = initial_noise(pipe, ctx, seeds[near], width, height)
-        kwargs: dict[str, Any]
+        embeds = None
         if prompts:
             a, b = embeddings[segment], embeddings[segment + 1]
-            kwargs = {name: lerp(t, a[name], b[name]) for name in a}
-        else:
-            kwargs = {"prompt": [job.prompt], "negative_prompt": [negative] if negative else None}
-        image = pipe(**kwargs, num_inference_steps=p["steps"], guidance_scale=p["guidance"], width=width,
-                     height=height, latents=latents, generator=generator).images[0]
+            embeds = {name: lerp(t, a[name], b[name]) for name in a}
+        image = run_pipeline(pipe, [job], ctx, embeds=embeds, width=width, height=height, latents=latents,
+                             generator=generator)[0]
         extra: dict[str, Any] = {"frame": k, "path_position": k / (frames - 1),
                                  "segment": [seeds[segment], seeds[segment + 1]], "t": t}
         if t in (0.0, 1.0):
@@ -157,5 +168,8 @@ def render_job(job: Job, ctx: StageContext) -> Iterator[Rendered]:
             extra["prompt"] = prompts[near]
             extra["prompts"] = [prompts[segment], prompts[segment + 1]]
         yield Rendered(job, relpath, image, extra=extra)
-    video = encode_frames(ctx, job, frames, float(p["fps"]))
-    yield Rendered(job, job.output, file=video, extra={"frames": frames, "fps": float(p["fps"])})
+    video = encode_frames(ctx.out_dir, job, frames, float(p.fps))
+    yield Rendered(job, job.output, file=video, extra={"frames": frames, "fps": float(p.fps)})
+
+
+CONFIG = InterpolateStage

@@ -32,12 +32,48 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from ..io.hashing import sha256_file
+from pydantic import Field, model_validator
+
+from ..config.stage import ImageToImageConfig
+from ..config.types import ColorMode, NonNegInt, PosInt, Strength, StrictModel, Sweep
 from ..core.job import Job
+from ..io.hashing import sha256_file
 from .base import Rendered, StageContext
-from .generate import prompt_kwargs
+from .diffusion import prompt_kwargs, run_pipeline
+from .frames import encode_frames
+
+
+class Coherence(StrictModel):
+    """Restyle coherence: blend the previous restyled frame (flow-warped) and match colours."""
+
+    flow: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    color: ColorMode = "none"
+
+
+class RestyleStage(ImageToImageConfig):
+    """A video in, a restyled video out: per-frame img2img with coherence and the source's sound."""
+
+    VIDEO = True
+    READS = "video"
+    type: Literal["restyle"]
+    strength: Sweep(Strength) = [0.5]
+    seed_behavior: Literal["fixed", "iter"] = "fixed"
+    every_nth_frame: PosInt = 1
+    start_frame: NonNegInt = 0
+    end_frame: NonNegInt | None = None
+    coherence: Coherence = Coherence()
+    audio: Literal["keep", "drop"] = "keep"
+
+    @model_validator(mode="after")
+    def _range(self) -> RestyleStage:
+        if self.end_frame is not None and self.end_frame <= self.start_frame:
+            raise ValueError(f"end_frame ({self.end_frame}) must be after start_frame ({self.start_frame})")
+        return self
+
+    def frame_range(self) -> tuple[int, int | None, int]:
+        return self.start_frame, self.end_frame, self.every_nth_frame
 
 
 class _Clock:
@@ -78,7 +114,7 @@ class _Clock:
 
 def frame_seed(job: Job, index: int) -> int:
     """The seed of output frame ``index``: fixed, or ``seed + index`` for ``seed_behavior: iter``."""
-    return job.seed + index if job.params.get("seed_behavior") == "iter" else job.seed
+    return job.seed + index if job.params.seed_behavior == "iter" else job.seed
 
 
 def flicker(outputs: Iterable[Any], sources: Iterable[Any]) -> float:
@@ -204,14 +240,14 @@ def _render_job(job: Job, ctx: StageContext) -> Iterator[Rendered]:
 
     from ..animation.color import match_colors
     from ..animation.flow import blend_coherent, warp_by_flow, warp_previous
-    from ..io.video import encode_video, probe_video, select_frames
+    from ..io.video import probe_video_cached, select_frames
 
     clock = _Clock()
     p = job.params
-    size = (int(p["width"]), int(p["height"]))
-    strength = float(p["strength"])
-    flow_weight = float(p["coherence"]["flow"])
-    color_mode = p["coherence"]["color"]
+    size = (p.width, p.height)
+    strength = p.strength
+    flow_weight = p.coherence.flow
+    color_mode = p.coherence.color
     ref = job.inputs[0]
     source = ctx.input_path(ref)
     digest = sha256_file(source)
@@ -219,8 +255,8 @@ def _render_job(job: Job, ctx: StageContext) -> Iterator[Rendered]:
         raise RuntimeError(f"input {ref.path} changed since the plan was made (sha256 differs); re-run")
 
     t = time.perf_counter()
-    info = probe_video(source)
-    start, end_frame, nth = p["start_frame"], p["end_frame"], p["every_nth_frame"]
+    info = probe_video_cached(source, digest)
+    start, end_frame, nth = p.start_frame, p.end_frame, p.every_nth_frame
     kept = select_frames(info, start, end_frame, nth)
     t = clock.add("decode", t)
 
@@ -262,16 +298,10 @@ def _render_job(job: Job, ctx: StageContext) -> Iterator[Rendered]:
                 if strength > 0:
                     if pipe is None:  # loaded (and the prompt encoded) once, only if a frame needs it
                         pipe = ctx.models.pipeline(job, "img2img")
-                        prompts = prompt_kwargs(pipe, [job], ctx, p["guidance"])
+                        prompts = prompt_kwargs(pipe, [job], ctx, p.guidance)
                         t = clock.add("model_load", t)
-                    image = pipe(
-                        **prompts,
-                        image=[Image.fromarray(init)],
-                        strength=strength,
-                        num_inference_steps=p["steps"],
-                        guidance_scale=p["guidance"],
-                        generator=[ctx.generator(seed)],
-                    ).images[0]
+                    image = run_pipeline(pipe, [job], ctx, embeds=prompts, image=[Image.fromarray(init)],
+                                         strength=strength, generator=[ctx.generator(seed)])[0]
                     result = np.asarray(image.convert("RGB"))
                     t = clock.add("diffusion", t)
                 else:
@@ -303,20 +333,16 @@ def _render_job(job: Job, ctx: StageContext) -> Iterator[Rendered]:
     # ---- all frames exist: the mp4
     t = time.perf_counter()
     fps = info.fps / nth
-    final = Path(job.output)
-    tmp = ctx.temp_output(job)
-    tmp = tmp.with_name(tmp.name + final.suffix)  # encode_video picks the container by suffix
     audio: dict[str, Any] = {}
-    if p["audio"] == "keep" and info.has_audio:
+    if p.audio == "keep" and info.has_audio:
         end = info.frames if end_frame is None else end_frame
         audio = {"audio_from": source, "audio_start": start / info.fps,
                  "audio_duration": (end - start) / info.fps}
-    try:
-        encode_video(frame_files, tmp, fps, **audio)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    tmp = encode_frames(ctx.out_dir, job, len(frame_files), fps, **audio)
     clock.add("encode", t)
     yield Rendered(job, job.output, file=tmp, input_hashes=[digest],
                    extra={"frames": len(frame_files), "fps": fps, "audio": bool(audio),
                           "timing": clock.summary(rendered, reused, frames.busy)})
+
+
+CONFIG = RestyleStage

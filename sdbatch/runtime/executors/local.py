@@ -13,7 +13,7 @@ MAX_IN_FLIGHT = 2
 
 def batch_limit(job: Job) -> int:
     """How many jobs like ``job`` go in one batch (``batch_size: auto | N``, default auto)."""
-    value = job.options.get("batch_size", "auto")
+    value = job.options.batch_size or "auto"
     if isinstance(value, int):
         return value
     return auto_batch_size(job)
@@ -26,7 +26,7 @@ def auto_batch_size(job: Job) -> int:
     unbatched (or resumed, or reproduced) render gives; set ``batch_size: N`` to batch small images on a CPU,
     which is faster and may move a few pixels by one level.
     """
-    pixels = job.params.get("width", 512) * job.params.get("height", 512)
+    pixels = job.params.width * job.params.height
     if job.type not in ("generate", "img2img", "inpaint"):
         return 1
     cuda = False

@@ -27,8 +27,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ...core.job import Job
-from .local import make_batches
 from ..worker import JobResult, JobWorker, RunInfo, describe_error
+from .local import make_batches
 
 MAX_ATTEMPTS = 3  # dispatches of one batch before its jobs are recorded as failed (the workers kept dying)
 MAX_CPU_WORKERS = 4  # default number of CPU workers, when neither --workers nor $SDBATCH_RAY_WORKERS is given

@@ -1,0 +1,162 @@
+"""Checks of a validated recipe beyond its model: the stage graph, and the files and models it names."""
+
+from __future__ import annotations
+
+import glob as globlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import Problem
+from ..sources.specs import check_model_spec, check_pipeline_config, check_vae_spec, check_weights_file
+from .stage import StageConfig
+from .types import IMAGE_SUFFIXES
+from .yamlio import format_path
+
+if TYPE_CHECKING:
+    from .recipe import LoadedRecipe
+
+
+def _line(loaded: LoadedRecipe, *path: Any) -> int:
+    for n in range(len(path), -1, -1):
+        if path[:n] in loaded.lines:
+            return loaded.lines[path[:n]]
+    return 0
+
+
+def check_graph(loaded: LoadedRecipe) -> list[Problem]:
+    recipe = loaded.recipe
+    problems: list[Problem] = []
+    names: dict[str, int] = {}
+    for i, stage in enumerate(recipe.stages):
+        if stage.name in names:
+            problems.append(Problem(_line(loaded, "stages", i, "name"), f"stages[{i}].name",
+                                    f"duplicate stage name {stage.name!r} (also stages[{names[stage.name]}])"))
+        else:
+            names[stage.name] = i
+        if (stage.model or recipe.model) is None:
+            problems.append(Problem(_line(loaded, "stages", i), f"stages[{i}].model",
+                                    "no model: set 'model' at the top level or on the stage"))
+    # cycles among stage inputs
+    graph = {s.name: [n for n in s.input_names if n in names] for s in recipe.stages}
+    state: dict[str, int] = {}
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = 1
+        for nxt in graph.get(node, []):
+            if state.get(nxt) == 1:
+                cycle = trail[trail.index(nxt):] + [nxt] if nxt in trail else [node, nxt]
+                i = names[node]
+                problems.append(Problem(_line(loaded, "stages", i, "input"), f"stages[{i}].input",
+                                        "input cycle: " + " -> ".join(cycle)))
+            elif state.get(nxt) is None:
+                visit(nxt, trail + [nxt])
+        state[node] = 2
+
+    for name in graph:
+        if name not in state:
+            visit(name, [name])
+    return problems
+
+
+def resolve_input_files(pattern: str, base_dir: Path, suffixes: set[str]) -> list[Path]:
+    """Files named by a file, folder or glob relative to ``base_dir``, sorted by name."""
+    target = Path(pattern).expanduser()
+    if not target.is_absolute():
+        target = base_dir / target
+    if target.is_dir():
+        return sorted(p for p in target.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
+    if target.is_file():
+        return [target]
+    if globlib.has_magic(pattern):
+        return sorted(Path(p) for p in globlib.glob(str(target), recursive=True)
+                      if Path(p).is_file() and Path(p).suffix.lower() in suffixes)
+    return []
+
+
+def looks_like_path(text: str) -> bool:
+    return "/" in text or "\\" in text or globlib.has_magic(text) or Path(text).suffix != ""
+
+
+def check_files(loaded: LoadedRecipe) -> list[Problem]:
+    recipe, base = loaded.recipe, loaded.base_dir
+    problems: list[Problem] = []
+    stage_names = {s.name for s in recipe.stages}
+    for i, stage in enumerate(recipe.stages):
+        field_name = stage.INPUT_FIELD
+        value = getattr(stage, field_name, None)
+        inputs: list[Path] = []
+        if isinstance(value, str) and value not in stage_names and stage.READS != "video":
+            inputs = resolve_input_files(value, base, IMAGE_SUFFIXES)
+            if not inputs:
+                if looks_like_path(value):
+                    what = "matches no image file" if globlib.has_magic(value) else "no such image file or folder"
+                    problems.append(Problem(_line(loaded, "stages", i, field_name), f"stages[{i}].{field_name}",
+                                            f"{value!r}: {what} (relative to {base})"))
+                else:
+                    problems.append(Problem(_line(loaded, "stages", i, field_name), f"stages[{i}].{field_name}",
+                                            f"{value!r} names no stage (stages: {', '.join(sorted(stage_names))})"
+                                            " and no file"))
+        mask = getattr(stage, "mask", None)
+        if isinstance(mask, str):
+            masks = resolve_input_files(mask, base, IMAGE_SUFFIXES)
+            line = _line(loaded, "stages", i, "mask")
+            if not masks:
+                problems.append(Problem(line, f"stages[{i}].mask", f"{mask!r}: no such mask file, folder or glob match"))
+            elif len(masks) > 1 or Path(base / mask).is_dir():
+                if value in stage_names:
+                    problems.append(Problem(line, f"stages[{i}].mask",
+                                            "several masks can only be matched to file inputs (by file stem); "
+                                            "use one mask file for a stage input"))
+                else:
+                    stems = {m.stem for m in masks}
+                    missing = [p.name for p in inputs if p.stem not in stems]
+                    if missing:
+                        problems.append(Problem(line, f"stages[{i}].mask",
+                                                f"no mask with the stem of input {missing[0]!r}"
+                                                + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")))
+        model = stage.model or recipe.model
+        if model:
+            problem = check_model_spec(model, base, allow_pickle=recipe.allow_pickle)
+            if problem:
+                where = ("stages", i, "model") if stage.model and ("stages", i, "model") in loaded.lines else ("model",)
+                problems.append(Problem(_line(loaded, *where), format_path(where), problem))
+        problems.extend(_check_sources(loaded, i, stage))
+    return problems
+
+
+def _where(loaded: LoadedRecipe, i: int, *path: Any) -> tuple[int, str]:
+    """(line, shown path) of a stage value that may have come from ``defaults``."""
+    own = ("stages", i) + path
+    if own[:3] in loaded.lines:
+        return _line(loaded, *own), format_path(own)
+    if ("defaults",) + path[:1] in loaded.lines:
+        return _line(loaded, "defaults", *path), f"{format_path(own)} (from {format_path(('defaults',) + path)})"
+    return _line(loaded, "stages", i), format_path(own)
+
+
+def _check_sources(loaded: LoadedRecipe, i: int, stage: StageConfig) -> list[Problem]:
+    """LoRA files, VAE and pipeline config of stage ``i``."""
+    recipe, base = loaded.recipe, loaded.base_dir
+    problems = []
+    for j, lora in enumerate(stage.loras or []):
+        problem = check_weights_file(lora.path, base, recipe.allow_pickle, "LoRA")
+        if problem:
+            line, shown = _where(loaded, i, "loras", j, "path")
+            problems.append(Problem(line, shown, problem))
+    if stage.vae:
+        problem = check_vae_spec(stage.vae, base, recipe.allow_pickle)
+        if problem:
+            line, shown = _where(loaded, i, "vae")
+            problems.append(Problem(line, shown, problem))
+    if stage.pipeline_config:
+        problem = check_pipeline_config(stage.pipeline_config, base)
+        if problem:
+            line, shown = _where(loaded, i, "pipeline_config")
+            problems.append(Problem(line, shown, problem))
+    if recipe.pipeline_config and i == 0:  # the top-level value, checked once
+        problem = check_pipeline_config(recipe.pipeline_config, base)
+        if problem:
+            problems.append(Problem(_line(loaded, "pipeline_config"), "pipeline_config", problem))
+    return problems
+
+

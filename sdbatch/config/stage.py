@@ -1,0 +1,177 @@
+"""What every stage type's config model shares: the common parameters, and the planning hooks' defaults.
+
+A stage type's module (``sdbatch/stages/<type>.py``) subclasses :class:`StageConfig` with its own fields and
+hooks; :mod:`sdbatch.config.recipe` assembles the recipe model from the registry in :mod:`sdbatch.stages`.
+
+Which fields are identity and which are runtime options is declared here and in the subclasses, once:
+a field annotated with :data:`~sdbatch.config.types.RUNTIME` is a runtime option; the fields in
+:attr:`StageConfig.PLANNED` are turned into a job's model, inputs, prompt, seed and size by the planner;
+every other field is copied into each job's params, and so into its id.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
+
+from pydantic import Field, StrictBool, StrictInt, field_validator, model_validator
+
+from .types import (
+    NAME_PATTERN,
+    RUNTIME,
+    DeviceName,
+    DtypeName,
+    Guidance,
+    LoraItem,
+    Prompt,
+    SchedulerName,
+    SeedRange,
+    Size,
+    Steps,
+    Strength,
+    StrictModel,
+    Sweep,
+    is_runtime,
+    multiple_of_8,
+)
+
+if TYPE_CHECKING:
+    from ..core.plan import StagePlanner
+
+#: ``--rehearse``: every image at most this many pixels a side, this many steps, video stages this many frames
+REHEARSE_MAX_SIDE = 64
+REHEARSE_MAX_STEPS = 4
+REHEARSE_MAX_FRAMES = 12
+
+#: sweeps every stage type may name, with their defaults when neither the stage nor ``defaults`` sets them
+SWEEP_DEFAULTS: dict[str, list[Any]] = {
+    "negative_prompt": [""],
+    "steps": [25],
+    "guidance": [7.5],
+    "scheduler": ["default"],
+}
+
+
+class StageParams(StrictModel):
+    """Parameters any stage may take; also the shape of ``defaults`` (all optional there)."""
+
+    model: str | None = None
+    device: Annotated[DeviceName | None, RUNTIME] = None
+    dtype: DtypeName | None = None
+    prompt: Sweep(Prompt) | None = None
+    negative_prompt: Sweep(Prompt) | None = None
+    steps: Sweep(Steps) | None = None
+    guidance: Sweep(Guidance) | None = None
+    width: Size | None = None
+    height: Size | None = None
+    scheduler: Sweep(SchedulerName) | None = None
+    seed: StrictInt | None = None
+    seeds: list[StrictInt] | SeedRange | None = None
+    batch_size: Annotated[Literal["auto"] | Annotated[StrictInt, Field(gt=0, le=1024)] | None, RUNTIME] = None
+    # GPU options (recorded in the manifest, not part of a job's identity)
+    attention: Annotated[Literal["sdpa", "default"] | None, RUNTIME] = None
+    channels_last: Annotated[StrictBool | None, RUNTIME] = None
+    compile: Annotated[StrictBool | None, RUNTIME] = None
+    vae_tiling: Annotated[StrictBool | None, RUNTIME] = None
+    offload: Annotated[Literal["none", "model", "sequential"] | None, RUNTIME] = None
+    tf32: Annotated[StrictBool | None, RUNTIME] = None
+    # model sources (part of a job's identity, by content)
+    loras: list[LoraItem] | None = None
+    vae: str | None = None  # AutoencoderKL: diffusers folder, hub id, or .safetensors file
+    pipeline_config: str | None = None  # configs for a single-file model: folder / hub id / built-in
+    # still-image stages: save the decoded image every N denoising steps under <stage>/previews/
+    # (extra files; not part of a job's identity)
+    previews: Annotated[Annotated[StrictInt, Field(ge=1, le=10000)] | None, RUNTIME] = None
+
+    @field_validator("width", "height")
+    @classmethod
+    def _size(cls, value: int | None) -> int | None:
+        return None if value is None else multiple_of_8(value)
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, value: Any) -> Any:
+        if isinstance(value, list) and not value:
+            raise ValueError("must not be empty")
+        return value
+
+    @model_validator(mode="after")
+    def _one_seed_form(self) -> StageParams:
+        if self.seed is not None and self.seeds is not None:
+            raise ValueError("give either 'seed' or 'seeds', not both")
+        return self
+
+
+class StageConfig(StageParams):
+    """The base of every stage type's config model, with the planner's hooks (defaults for image stages)."""
+
+    name: Annotated[str, Field(pattern=NAME_PATTERN, max_length=64)]
+
+    #: parameters a list sweeps (cartesian product) for this stage type
+    SWEEPS: ClassVar[tuple[str, ...]] = ("prompt", "negative_prompt", "steps", "guidance", "scheduler")
+    #: True when the stage's output is a video (frames + mp4) rather than one image per job
+    VIDEO: ClassVar[bool] = False
+    #: what the stage reads from upstream stages or files: "image", "video" or nothing
+    READS: ClassVar[str | None] = None
+    #: the field naming what it reads
+    INPUT_FIELD: ClassVar[str] = "input"
+    #: fields the planner turns into a job's stage, model, inputs, prompt, seeds and size (identity too)
+    PLANNED: ClassVar[frozenset[str]] = frozenset({
+        "name", "type", "model", "dtype", "prompt", "negative_prompt", "seed", "seeds", "input", "mask",
+        "width", "height", "loras", "vae", "pipeline_config",
+    })
+    #: identity params left out of a job's params (and id) when None, so ids stay those of older versions
+    OMIT_IF_NONE: ClassVar[frozenset[str]] = frozenset()
+
+    @property
+    def input_names(self) -> list[str]:
+        """Stage names or file patterns this stage reads."""
+        value = getattr(self, self.INPUT_FIELD, None)
+        return [value] if isinstance(value, str) else []
+
+    # ------------------------------------------------------------------------------ planning hooks
+    @classmethod
+    def runtime_fields(cls) -> list[str]:
+        return [name for name, info in cls.model_fields.items() if is_runtime(info)]
+
+    @classmethod
+    def identity_fields(cls) -> list[str]:
+        """Fields copied as they are into every job's params: all but the planned, swept and runtime ones."""
+        return [name for name, info in cls.model_fields.items()
+                if name not in cls.PLANNED and name not in cls.SWEEPS and not is_runtime(info)]
+
+    def job_seeds(self) -> list[int] | None:
+        """The stage's own seeds, or None to take each input's seed (0 without an input)."""
+        if self.seed is not None:
+            return [self.seed]
+        if isinstance(self.seeds, SeedRange):
+            return list(range(self.seeds.start, self.seeds.start + self.seeds.count))
+        if self.seeds is not None:
+            return list(dict.fromkeys(self.seeds))
+        return None
+
+    def frame_range(self) -> tuple[int, int | None, int]:
+        """(start, end, every nth) of the source frames a video-reading stage keeps."""
+        return 0, None, 1
+
+    def plan_hook(self, planner: StagePlanner, fixed: dict[str, Any]) -> None:
+        """Check the stage and adjust its fixed params before jobs are made (problems go to ``planner``)."""
+
+    def rehearse_params(self, params: dict[str, Any]) -> None:
+        """Shrink a job's params for ``--rehearse`` (steps and size are capped by the planner)."""
+
+
+class ImageToImageConfig(StageConfig):
+    """img2img-like stages: an image input and a swept ``strength``."""
+
+    SWEEPS = StageConfig.SWEEPS + ("strength",)
+    READS = "image"
+    input: str
+    prompt: Sweep(Prompt) = [""]
+
+
+class Defaults(StageParams):
+    """``defaults:``: any stage parameter; a stage's own value wins."""
+
+    strength: Sweep(Strength) | None = None
+
+

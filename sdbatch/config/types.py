@@ -1,0 +1,138 @@
+"""Field types shared by the recipe models: sweeps, sizes, schedules, seeds, LoRAs, and the runtime marker.
+
+A field annotated with :data:`RUNTIME` is a runtime option (batch size, compile, attention, ...): recorded in
+the manifest, never part of a job's id. Every other field of a stage's config is identity (see
+:mod:`sdbatch.core.plan`), so a new field changes job ids unless it is declared a runtime option.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, TypeAdapter, WithJsonSchema
+
+
+class RuntimeOption:
+    """Metadata marking a field as a runtime option (not part of a job's identity)."""
+
+    def __repr__(self) -> str:
+        return "RUNTIME"
+
+
+RUNTIME = RuntimeOption()
+
+
+def is_runtime(field_info: Any) -> bool:
+    return any(isinstance(m, RuntimeOption) for m in field_info.metadata)
+
+
+NAME_PATTERN = r"^[A-Za-z0-9_-]+$"
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+VIDEO_SUFFIXES = {".mp4", ".mov", ".webm", ".gif", ".mkv", ".avi", ".m4v"}
+
+SchedulerName = Literal[
+    "default", "ddim", "euler", "euler-a", "dpmpp-2m", "dpmpp-2m-karras", "dpmpp-sde-karras",
+    "unipc", "lms", "pndm", "heun", "lcm",
+]
+DeviceName = Annotated[str, Field(pattern=r"^(auto|cpu|cuda|cuda:\d+|mps)$")]
+DtypeName = Literal["auto", "float16", "bfloat16", "float32"]
+
+
+# --------------------------------------------------------------------------------------------- types
+def _as_list(value: Any) -> Any:
+    return value if isinstance(value, list) else [value]
+
+
+@cache
+def _item_schema(item: Any) -> dict:
+    return TypeAdapter(item).json_schema()
+
+
+def Sweep(item: Any) -> Any:  # noqa: N802 - reads like a type
+    """A parameter that may be one value or a list of values to sweep (cartesian product).
+
+    Validated as a non-empty list; the JSON schema accepts either form.
+    """
+    schema = _item_schema(item)
+    return Annotated[
+        list[item],
+        BeforeValidator(_as_list),
+        Field(min_length=1),
+        WithJsonSchema({"anyOf": [schema, {"type": "array", "items": schema, "minItems": 1}]}),
+    ]
+
+
+def multiple_of_8(value: int) -> int:
+    if value % 8:
+        raise ValueError(f"must be a multiple of 8 (got {value})")
+    return value
+
+
+Size = Annotated[StrictInt, Field(gt=0, le=16384)]
+Strength = Annotated[float, Field(ge=0.0, le=1.0)]
+Steps = Annotated[StrictInt, Field(gt=0, le=10000)]
+Guidance = Annotated[float, Field(ge=0.0, le=100.0)]
+Prompt = str
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class SeedRange(StrictModel):
+    """``seeds: {start: 0, count: 100}`` is seeds 0..99."""
+
+    start: StrictInt = 0
+    count: Annotated[StrictInt, Field(gt=0, le=10_000_000)]
+
+
+def _lora_shorthand(value: Any) -> Any:
+    return {"path": value} if isinstance(value, str) else value
+
+
+class Lora(StrictModel):
+    """``loras: [{path: style.safetensors, weight: 0.8}]`` (or just ``[style.safetensors]``).
+
+    ``path`` is a LoRA weights file relative to the recipe file (.safetensors; pickle formats need
+    ``allow_pickle: true``). Its sha256 and ``weight`` are part of a job's identity.
+    """
+
+    path: Annotated[str, Field(min_length=1)]
+    weight: Annotated[float, Field(ge=-20.0, le=20.0)] = 1.0
+
+
+LoraItem = Annotated[
+    Lora,
+    BeforeValidator(_lora_shorthand),
+    WithJsonSchema({"anyOf": [{"type": "string", "description": "a LoRA file (weight 1.0)"}, _item_schema(Lora)]}),
+]
+
+
+# ------------------------------------------------------------------------------- stage parameters
+ColorMode = Literal["none", "lab", "hsv", "rgb"]
+NonNegInt = Annotated[StrictInt, Field(ge=0)]
+PosInt = Annotated[StrictInt, Field(gt=0)]
+Fps = Annotated[float, Field(gt=0, le=240)]
+
+
+def _check_schedule(value: Any) -> str:
+    from ..animation.schedule import ScheduleError, as_schedule_text, validate_schedule
+
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError("must be a schedule like \"0:(1.0), 30:(1.05)\" or a number")
+    try:
+        validate_schedule(value)
+        return as_schedule_text(value)
+    except ScheduleError as exc:
+        raise ValueError(str(exc)) from None
+
+
+Schedule = Annotated[
+    str,
+    BeforeValidator(_check_schedule),
+    WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "number"}],
+                    "description": "Deforum schedule: \"0:(1.0), 30:(1.05)\"; a value may be an expression in t"}),
+]
+
+

@@ -1,0 +1,121 @@
+"""What a stage's jobs read and load, resolved for the planner: input images or videos, masks, model sources.
+
+Every file is identified by content (sha256, through the hash cache); an upstream stage's output by the id of
+the job that makes it. Never imports torch or diffusers (video probing runs ffmpeg, cached by content).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..config.checks import resolve_input_files
+from ..config.types import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+from ..io.hashing import HashCache
+from ..sources.specs import pipeline_config_ref, resolve_model
+from .job import InputRef, ModelRef
+
+if TYPE_CHECKING:
+    from ..config.stage import StageConfig
+
+#: (input, inherited seed, input size) for each input of a stage; (None, None, None) for a stage without one
+Source = tuple[InputRef | None, int | None, tuple[int, int] | None]
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.size
+
+
+class Inputs:
+    """Resolves inputs and model specs relative to the recipe's folder; one instance per plan (caches models)."""
+
+    def __init__(self, base: Path, hashes: HashCache, rehearse: bool):
+        self.base = base
+        self.hashes = hashes
+        self.rehearse = rehearse
+        self.models: dict[str, ModelRef] = {}
+
+    def display_path(self, path: Path) -> str:
+        try:
+            return os.path.relpath(path, self.base)
+        except ValueError:
+            return str(path)
+
+    def absolute(self, value: str) -> Path:
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else self.base / path
+
+    # ------------------------------------------------------------------------------------------- files
+    def image_files(self, pattern: str) -> list[Source]:
+        return [(InputRef(self.display_path(path), self.hashes.file(path)), None, image_size(path))
+                for path in resolve_input_files(pattern, self.base, IMAGE_SUFFIXES)]
+
+    def video_file(self, stage: StageConfig, value: str) -> tuple[Source | None, str | None]:
+        """(the video source, None) or (None, the problem)."""
+        from ..io.video import VideoError, probe_video_cached, select_frames
+
+        path = self.absolute(value)
+        if path.suffix.lower() not in VIDEO_SUFFIXES:
+            return None, f"{value}: not a video file (expected {', '.join(sorted(VIDEO_SUFFIXES))})"
+        try:
+            digest = self.hashes.file(path)
+            info = probe_video_cached(path, digest)  # a long video is decoded once, not at every plan
+            select_frames(info, *stage.frame_range())
+        except VideoError as exc:
+            return None, str(exc).replace(str(path), value)
+        except OSError as exc:
+            return None, f"{value}: cannot read ({exc.strerror or exc})"
+        return (InputRef(self.display_path(path), digest), None, (info.width, info.height)), None
+
+    def mask_for(self, stage: StageConfig, source: InputRef | None) -> InputRef | None:
+        mask = getattr(stage, "mask", None)
+        if mask is None:
+            return None
+        masks = resolve_input_files(mask, self.base, IMAGE_SUFFIXES)
+        chosen = masks[0]
+        if len(masks) > 1 and source is not None:
+            stem = Path(source.path).stem
+            chosen = next((m for m in masks if m.stem == stem), masks[0])
+        return InputRef(self.display_path(chosen), self.hashes.file(chosen))
+
+    # ------------------------------------------------------------------------------------------ models
+    def model(self, spec: str, *, key: str = "", rehearse: bool | None = None) -> ModelRef:
+        rehearse = self.rehearse if rehearse is None else rehearse
+        key = f"{key}:{spec}:{rehearse}"
+        if key not in self.models:
+            self.models[key] = resolve_model(spec, self.base, self.hashes, rehearse=rehearse)
+        return self.models[key]
+
+    def weights_file(self, spec: str) -> ModelRef:
+        key = "file:" + spec
+        if key not in self.models:
+            path = self.absolute(spec)
+            self.models[key] = ModelRef(spec, self.hashes.file(path), "file", str(path))
+        return self.models[key]
+
+    def config_ref(self, spec: str) -> ModelRef:
+        """Where a single-file model's pipeline configs come from (a hub id is fetched by diffusers: configs only)."""
+        return pipeline_config_ref(spec, [self.base])
+
+    def model_sources(self, stage: StageConfig, model: ModelRef, pipeline_config: str | None,
+                      fixed: dict[str, Any]) -> dict[str, ModelRef]:
+        """LoRAs, VAE override and single-file pipeline config: into ``fixed`` (identity) and aux models."""
+        aux: dict[str, ModelRef] = {}
+        if stage.loras:
+            fixed["loras"] = []
+            for lora in stage.loras:
+                ref = self.weights_file(lora.path)
+                aux[f"lora:{ref.revision}"] = ref
+                fixed["loras"].append({"path": lora.path, "sha256": ref.revision, "weight": float(lora.weight)})
+        if stage.vae:
+            aux["vae"] = self.model(stage.vae, key="vae", rehearse=False)
+            fixed["vae"] = aux["vae"].identity()
+        config = stage.pipeline_config or pipeline_config
+        if config and model.source == "file":
+            aux["pipeline_config"] = self.config_ref(config)
+            fixed["pipeline_config"] = config
+        return aux
