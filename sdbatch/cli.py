@@ -1,6 +1,7 @@
-"""``sdbatch``: run, validate, plan, schema, inspect, reproduce.
+"""``sdbatch``: run, validate, plan, schema, inspect, reproduce, verify.
 
-Exit codes: 0 all done, 1 some jobs failed (the rest finished), 2 invalid recipe or usage, 130 interrupted.
+Exit codes: 0 all done, 1 some jobs failed (the rest finished), 2 invalid recipe or usage, 130 interrupted,
+143 terminated (SIGTERM), 129 hung up (SIGHUP).
 ``validate``, ``plan`` and ``schema`` never import torch or diffusers.
 """
 
@@ -24,6 +25,8 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("recipe", help="the recipe YAML file")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a recipe value, e.g. defaults.steps=10 or stages.sketch.prompt='a cat'")
+        p.add_argument("--max-jobs", type=_positive, default=None, metavar="N",
+                       help="refuse a recipe of more than N jobs (default 100,000)")
 
     run = sub.add_parser("run", help="render a recipe (resumes: renders only what is missing)")
     recipe_args(run)
@@ -53,8 +56,25 @@ def _parser() -> argparse.ArgumentParser:
 
     reproduce = sub.add_parser("reproduce", help="re-render one output from its own metadata and compare")
     reproduce.add_argument("file", type=Path)
-    reproduce.add_argument("--out", type=Path, help="where to write the re-rendered file (default: a temp folder)")
+    reproduce.add_argument("--out", type=Path, help="the only folder it writes the re-rendered files to "
+                           "(default: a fresh temp folder, named in the result line)")
+
+    verify = sub.add_parser("verify", help="hash every recorded output against the manifest (exit 1 on a difference)")
+    verify.add_argument("recipe", nargs="?", help="the recipe YAML file (names the default output folder)")
+    verify.add_argument("--out", type=Path, help="output folder (default: outputs/<name> of the recipe)")
+    verify.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a recipe value (as for run)")
     return parser
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text.replace(",", "").replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _load(args: argparse.Namespace, check_files: bool = True) -> Any:
@@ -62,7 +82,8 @@ def _load(args: argparse.Namespace, check_files: bool = True) -> Any:
     from .errors import RecipeError
 
     try:
-        return load_recipe(args.recipe, args.overrides, check_files=check_files)
+        return load_recipe(args.recipe, args.overrides, check_files=check_files, out_dir=getattr(args, "out", None),
+                           max_jobs=getattr(args, "max_jobs", None))
     except RecipeError as exc:
         raise UsageError(str(exc)) from None
 
@@ -92,21 +113,26 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from .io.manifest import MANIFEST_NAME, Manifest
-    from .runtime.runner import done_jobs
+    from .runtime.outputs import check_outputs
 
     loaded = _load(args)
     out_dir = _out_dir(args, loaded)
     plan = _plan(loaded, out_dir, rehearse=args.rehearse)
-    done = done_jobs(plan, Manifest(out_dir / MANIFEST_NAME).outputs_by_job())
+    check = check_outputs(plan, Manifest(out_dir / MANIFEST_NAME).outputs_by_job())  # missing/changed: pending
+    done = check.done
     if args.json:
         jobs = [job.to_json("done" if job.job_id in done else "pending") for job in plan.jobs]
+        for entry in jobs:
+            if entry["job_id"] not in done and check.status(entry["job_id"])[1]:
+                entry["reason"] = check.status(entry["job_id"])[1]  # the recorded output is missing or changed
         # json.dumps uses the C encoder; json.dump to a stream does not
         sys.stdout.write(json.dumps({"recipe": str(args.recipe), "out": str(out_dir), "jobs": jobs},
                                     ensure_ascii=False) + "\n")
         return EXIT_OK
     for job in plan.jobs:
-        status = "done" if job.job_id in done else "pending"
-        print(f"{status:8} {job.job_id[:8]}  {job.output}  seed={job.seed}  {json.dumps(job.params_json())}")
+        status, why = check.status(job.job_id)
+        note = f"  (output {why} since recorded)" if why else ""
+        print(f"{status:8} {job.job_id[:8]}  {job.output}  seed={job.seed}  {json.dumps(job.params_json())}{note}")
     pending = sum(job.job_id not in done for job in plan.jobs)
     print(f"{len(plan.jobs)} job(s): {len(plan.jobs) - pending} done, {pending} pending -> {out_dir}")
     return EXIT_OK
@@ -126,6 +152,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if unknown:
         raise UsageError(f"--only {unknown[0]}: no such stage (stages: {', '.join(stage_names)})")
     out_dir = _out_dir(args, loaded)
+    from .io.outdir import RunLock, check_out_dir
+
+    check_out_dir(out_dir)  # a file, a read-only folder, an unwritable parent: exit 2 before any work
     plan = _plan(loaded, out_dir, rehearse=args.rehearse)
     executor = args.executor or loaded.recipe.executor
     if executor == "ray":
@@ -133,18 +162,22 @@ def cmd_run(args: argparse.Namespace) -> int:
             import ray  # noqa: F401
         except ImportError:
             raise UsageError('the ray executor needs Ray: pip install -e ".[ray]"') from None
-    plan = _fetch_models(loaded, plan, out_dir, args.rehearse)
+    plan = _fetch_models(loaded, plan, out_dir, args.rehearse)  # a model that cannot be had: nothing is created
+    with RunLock(out_dir):  # one run per output folder: a second one is refused at once
+        return _run_locked(args, loaded, plan, out_dir, executor)
 
+
+def _run_locked(args: argparse.Namespace, loaded: Any, plan: Any, out_dir: Path, executor: str) -> int:
     from .runtime.progress import Reporter
-    from .runtime.quiet import quiet_libraries
     from .runtime.runner import run_plan
-
-    quiet_libraries()
 
     reporter = Reporter()
     options = {"workers": args.workers} if args.workers is not None else {}
     outcome = run_plan(loaded, plan, force=args.force, only=args.only, executor=executor,
                        executor_options=options, reporter=reporter)
+    if outcome.error:  # stopped early (a full disk, the folder gone): one line says why
+        reporter.say(outcome.error)
+        return outcome.exit_code
     try:
         from .reports.gallery import write_gallery
 
@@ -192,6 +225,15 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return reproduce_output(args.file, out=args.out)
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    from .reports.verify import verify_outputs
+
+    if args.out is None and args.recipe is None:
+        raise UsageError("error: verify needs a recipe or --out DIR")
+    out_dir = args.out if args.out is not None else _out_dir(args, _load(args, check_files=False))
+    return verify_outputs(out_dir)
+
+
 COMMANDS = {
     "run": cmd_run,
     "validate": cmd_validate,
@@ -199,6 +241,7 @@ COMMANDS = {
     "schema": cmd_schema,
     "inspect": cmd_inspect,
     "reproduce": cmd_reproduce,
+    "verify": cmd_verify,
 }
 
 

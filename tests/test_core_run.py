@@ -155,7 +155,7 @@ def test_png_carries_a1111_parameters_and_record(chain_run):
                                f"Model hash: {record['model']['revision'][:10]}, Model: ")
     assert lines[2].endswith("Denoising strength: 0.8")
     embedded = json.loads(text["sdbatch"])
-    assert embedded == {k: v for k, v in record.items() if k != "sha256"}
+    assert embedded == {k: v for k, v in record.items() if k not in ("sha256", "size", "mtime_ns")}  # the file's own
 
 
 def test_rerun_renders_nothing_and_other_folder_gives_same_pixels(chain_run, tmp_path):
@@ -262,6 +262,18 @@ def test_batched_runs_agree_with_unbatched_and_resume_within_one_level(chain_run
     assert sorted(r["path"] for r in manifest_records(batched, "output")) == sorted(ref)
 
 
+def png_with_corrupt_pixels(width: int, height: int) -> bytes:
+    """A PNG with valid chunk structure and CRCs whose IDAT is not zlib data (PIL's verify() accepts it)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"not zlib data " * 8) + chunk(b"IEND", b"")
+
+
 def test_failing_job_does_not_stop_the_batch(tmp_path, tiny_sd_folder):
     inputs = tmp_path / "inputs"
     inputs.mkdir()
@@ -277,16 +289,12 @@ stages:
   - {{name: again, type: img2img, input: paint, prompt: ink, strength: 0.6}}
 """)
     out = tmp_path / "out"
-    # the broken file is found when the plan reads its size: it must fail at validate, not at 3 a.m.
+    # a plainly broken file is refused at validate, not at 3 a.m.
     result = run_cli("validate", recipe)
-    if result.returncode == 2:
-        assert "img1.png" in result.stderr
-        (inputs / "img1.png").write_bytes(Image.new("RGB", (64, 64)).tobytes()[:10] + b"junk")
-    # a file that breaks only at render time (truncated PNG body): recorded, the rest goes on
-    good = inputs / "img1.png"
-    buf = __import__("io").BytesIO()
-    Image.new("RGB", (64, 64), (200, 10, 10)).save(buf, format="PNG")
-    good.write_bytes(buf.getvalue()[:60])
+    assert result.returncode == 2 and "img1.png" in result.stderr
+    # a file that breaks only at render time: a PNG whose chunks (and checksums) are whole but whose pixel
+    # data does not inflate; recorded as failed, the rest goes on
+    (inputs / "img1.png").write_bytes(png_with_corrupt_pixels(64, 64))
     result = run_cli("run", recipe, "--out", out)
     assert result.returncode == 1, result.stderr
     failed = manifest_records(out, "failed")

@@ -120,7 +120,8 @@ def test_inspect_shows_prompt_seed_and_the_rest(project, tmp_path):
     assert result.returncode == 0, result.stderr
     record = json.loads(result.stdout)
     manifest = next(r for r in manifest_records(project / "out", "output") if r["stage"] == "sketch")
-    assert record == {k: v for k, v in manifest.items() if k != "sha256"}
+    # the file's own sha256, size and mtime are the manifest's, not in the record the file embeds
+    assert record == {k: v for k, v in manifest.items() if k not in ("sha256", "size", "mtime_ns")}
     assert record["prompt"] == PROMPT and record["seed"] == 11
 
 

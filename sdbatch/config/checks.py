@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import glob as globlib
+import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import Problem
 from ..sources.specs import check_model_spec, check_pipeline_config, check_vae_spec, check_weights_file
+from .images import check_image
 from .stage import StageConfig
 from .types import IMAGE_SUFFIXES
 from .yamlio import format_path
@@ -16,11 +19,48 @@ if TYPE_CHECKING:
     from .recipe import LoadedRecipe
 
 
+def line_of(lines: dict[tuple, int], path: tuple) -> int:
+    """The line of ``path``, or of the nearest enclosing value that has one."""
+    return next((lines[path[:n]] for n in range(len(path), -1, -1) if path[:n] in lines), 0)
+
+
 def _line(loaded: LoadedRecipe, *path: Any) -> int:
-    for n in range(len(path), -1, -1):
-        if path[:n] in loaded.lines:
-            return loaded.lines[path[:n]]
-    return 0
+    return line_of(loaded.lines, path)
+
+
+def _lone_surrogate(text: str) -> str | None:
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return text[exc.start]
+    return None
+
+
+def check_text(raw: Any, lines: dict[tuple, int]) -> list[Problem]:
+    """A problem for every string (key or value) holding a lone surrogate (a YAML ``"\\ud800"`` escape): it is
+    not text, and could be neither tokenized nor written to the manifest."""
+    problems: list[Problem] = []
+    stack: list[tuple[tuple, Any]] = [((), raw)]
+    seen: set[int] = set()  # an alias's value once
+    while stack:
+        path, node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        for key, value in items:
+            bad = (_lone_surrogate(key) if isinstance(key, str) else None) or \
+                (_lone_surrogate(value) if isinstance(value, str) else None)
+            if bad:
+                where = path + (key,)
+                problems.append(Problem(line_of(lines, where), format_path(where),
+                                        f"contains a lone surrogate (\\u{ord(bad):04x}), which is not text: write the "
+                                        "character itself, or a pair of escapes for one above U+FFFF"))
+            elif isinstance(value, (dict, list)):
+                stack.append((path + (key,), value))
+    return sorted(problems, key=lambda p: p.line)
 
 
 def check_graph(loaded: LoadedRecipe) -> list[Problem]:
@@ -58,23 +98,61 @@ def check_graph(loaded: LoadedRecipe) -> list[Problem]:
     return problems
 
 
-def resolve_input_files(pattern: str, base_dir: Path, suffixes: set[str]) -> list[Path]:
-    """Files named by a file, folder or glob relative to ``base_dir``, sorted by name."""
+def resolve_input_files(pattern: str, base_dir: Path, suffixes: set[str], exclude: Sequence[Path] = ()) -> list[Path]:
+    """Files named by a file, folder or glob relative to ``base_dir``, sorted by name.
+
+    A glob's matches never come from a folder of ``exclude`` (the recipe's output folders: a recursive glob
+    would read last night's outputs as inputs), unless the glob's fixed part lies inside that folder.
+    """
     target = Path(pattern).expanduser()
     if not target.is_absolute():
         target = base_dir / target
-    if target.is_dir():
-        return sorted(p for p in target.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
-    if target.is_file():
-        return [target]
+    try:
+        if target.is_dir():
+            return sorted(p for p in target.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
+        if target.is_file():
+            return [target]
+    except OSError:  # e.g. a name too long: no such file
+        return []
     if globlib.has_magic(pattern):
+        fixed = Path(*_fixed_parts(target))
+        skip = [d for d in _forms(exclude) if not _inside(os.path.abspath(fixed), d)]
         return sorted(Path(p) for p in globlib.glob(str(target), recursive=True)
-                      if Path(p).is_file() and Path(p).suffix.lower() in suffixes)
+                      if not any(_inside(os.path.abspath(p), d) for d in skip)
+                      and Path(p).is_file() and Path(p).suffix.lower() in suffixes)
     return []
+
+
+def _fixed_parts(target: Path) -> list[str]:
+    parts = []
+    for part in target.parts:
+        if globlib.has_magic(part):
+            break
+        parts.append(part)
+    return parts
+
+
+def _forms(folders: Sequence[Path]) -> list[str]:
+    """Each folder as written (absolute) and resolved (symlinks followed)."""
+    return list(dict.fromkeys(form for d in folders for form in (os.path.abspath(d), os.path.realpath(d))))
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 def looks_like_path(text: str) -> bool:
     return "/" in text or "\\" in text or globlib.has_magic(text) or Path(text).suffix != ""
+
+
+def image_problems(paths: list[Path], base: Path, line: int, field: str) -> list[Problem]:
+    """A problem for each file that is not a readable still image within the limits (see ``check_image``)."""
+    problems = []
+    for path in paths:
+        problem = check_image(path)[1]
+        if problem:
+            problems.append(Problem(line, field, f"{os.path.relpath(path, base)}: {problem}"))
+    return problems
 
 
 def check_files(loaded: LoadedRecipe) -> list[Problem]:
@@ -86,7 +164,9 @@ def check_files(loaded: LoadedRecipe) -> list[Problem]:
         value = getattr(stage, field_name, None)
         inputs: list[Path] = []
         if isinstance(value, str) and value not in stage_names and stage.READS != "video":
-            inputs = resolve_input_files(value, base, IMAGE_SUFFIXES)
+            inputs = resolve_input_files(value, base, IMAGE_SUFFIXES, loaded.output_dirs)
+            problems.extend(image_problems(inputs, base, _line(loaded, "stages", i, field_name),
+                                           f"stages[{i}].{field_name}"))
             if not inputs:
                 if looks_like_path(value):
                     what = "matches no image file" if globlib.has_magic(value) else "no such image file or folder"
@@ -98,8 +178,9 @@ def check_files(loaded: LoadedRecipe) -> list[Problem]:
                                             " and no file"))
         mask = getattr(stage, "mask", None)
         if isinstance(mask, str):
-            masks = resolve_input_files(mask, base, IMAGE_SUFFIXES)
+            masks = resolve_input_files(mask, base, IMAGE_SUFFIXES, loaded.output_dirs)
             line = _line(loaded, "stages", i, "mask")
+            problems.extend(image_problems(masks, base, line, f"stages[{i}].mask"))
             if not masks:
                 problems.append(Problem(line, f"stages[{i}].mask", f"{mask!r}: no such mask file, folder or glob match"))
             elif len(masks) > 1 or Path(base / mask).is_dir():

@@ -27,6 +27,7 @@ from ..errors import Problem, RecipeError
 from ..stages import STAGE_MODULES, stage_configs
 from . import checks
 from .errors import pydantic_problems
+from .limits import MAX_JOBS
 from .stage import Defaults, StageConfig
 from .types import NAME_PATTERN, DeviceName, DtypeName, StrictModel
 from .yamlio import YamlError, load_yaml
@@ -76,10 +77,19 @@ class LoadedRecipe:
     path: Path
     text: str
     lines: dict[tuple, int]
+    out_dir: Path | None = None  # ``--out``, when given
+    max_jobs: int = MAX_JOBS  # ``--max-jobs``
 
     @property
     def base_dir(self) -> Path:
         return self.path.parent
+
+    @property
+    def output_dirs(self) -> list[Path]:
+        """Where this recipe's outputs go, which input globs never read: ``outputs/`` beside it, the default
+        output folder (``outputs/<name>`` in the working directory) and ``--out``."""
+        dirs = [self.base_dir / "outputs", Path("outputs") / self.recipe.name]
+        return dirs + [self.out_dir] if self.out_dir is not None else dirs
 
 
 def _merge_defaults(raw: dict) -> dict[tuple, tuple]:
@@ -150,6 +160,8 @@ def parse_recipe(text: str, path: Path, overrides: list[str] | None = None) -> L
     if not isinstance(raw, dict):
         raise RecipeError(file, [Problem(1, "", "the top level must be a mapping of recipe keys (name, model, stages, ...)")])
     problems = apply_overrides(raw, overrides or [])
+    if "\\u" in text or "\\U" in text or overrides:  # only an escape (or the command line) makes a lone surrogate
+        problems += checks.check_text(raw, lines)
     if problems:
         raise RecipeError(file, problems)
     raw.setdefault("name", path.stem)
@@ -166,8 +178,10 @@ def parse_recipe(text: str, path: Path, overrides: list[str] | None = None) -> L
     return loaded
 
 
-def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None, check_files: bool = True) -> LoadedRecipe:
-    """Load, validate and (by default) check that referenced files exist."""
+def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None, check_files: bool = True, *,
+                out_dir: Path | None = None, max_jobs: int | None = None) -> LoadedRecipe:
+    """Load, validate and (by default) check the files it names. ``out_dir``: ``--out`` (never read as input);
+    ``max_jobs``: the job limit its plans obey (default :data:`~sdbatch.config.limits.MAX_JOBS`)."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -178,6 +192,8 @@ def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None, che
     except UnicodeDecodeError:
         raise RecipeError(str(path), [Problem(0, "", "the file is not UTF-8 text")]) from None
     loaded = parse_recipe(text, path, overrides)
+    loaded.out_dir = out_dir
+    loaded.max_jobs = max_jobs or MAX_JOBS
     if check_files:
         problems = checks.check_files(loaded)
         if problems:

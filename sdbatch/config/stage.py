@@ -11,6 +11,7 @@ every other field is copied into each job's params, and so into its id.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, StrictBool, StrictInt, field_validator, model_validator
@@ -24,6 +25,7 @@ from .types import (
     LoraItem,
     Prompt,
     SchedulerName,
+    Seed,
     SeedRange,
     Size,
     Steps,
@@ -64,8 +66,8 @@ class StageParams(StrictModel):
     width: Size | None = None
     height: Size | None = None
     scheduler: Sweep(SchedulerName) | None = None
-    seed: StrictInt | None = None
-    seeds: list[StrictInt] | SeedRange | None = None
+    seed: Seed | None = None
+    seeds: list[Seed] | SeedRange | None = None
     batch_size: Annotated[Literal["auto"] | Annotated[StrictInt, Field(gt=0, le=1024)] | None, RUNTIME] = None
     # GPU options (recorded in the manifest, not part of a job's identity)
     attention: Annotated[Literal["sdpa", "default"] | None, RUNTIME] = None
@@ -139,12 +141,13 @@ class StageConfig(StageParams):
         return [name for name, info in cls.model_fields.items()
                 if name not in cls.PLANNED and name not in cls.SWEEPS and not is_runtime(info)]
 
-    def job_seeds(self) -> list[int] | None:
-        """The stage's own seeds, or None to take each input's seed (0 without an input)."""
+    def job_seeds(self) -> Sequence[int] | None:
+        """The stage's own seeds (a ``range`` for ``{start, count}``: its length costs nothing), or None to take
+        each input's seed (0 without an input)."""
         if self.seed is not None:
             return [self.seed]
         if isinstance(self.seeds, SeedRange):
-            return list(range(self.seeds.start, self.seeds.start + self.seeds.count))
+            return range(self.seeds.start, self.seeds.start + self.seeds.count)
         if self.seeds is not None:
             return list(dict.fromkeys(self.seeds))
         return None
@@ -156,8 +159,19 @@ class StageConfig(StageParams):
     def plan_hook(self, planner: StagePlanner, fixed: dict[str, Any]) -> None:
         """Check the stage and adjust its fixed params before jobs are made (problems go to ``planner``)."""
 
-    def rehearse_params(self, params: dict[str, Any]) -> None:
-        """Shrink a job's params for ``--rehearse`` (steps and size are capped by the planner)."""
+    def rehearse_params(self, params: dict[str, Any], source_frames: int | None) -> None:
+        """Shrink a job's params for ``--rehearse`` (steps and size are capped by the planner): a video stage
+        renders at most REHEARSE_MAX_FRAMES frames. ``source_frames``: the frames of the video it reads."""
+        if self.VIDEO and "frames" in params:
+            params["frames"] = min(params["frames"], REHEARSE_MAX_FRAMES)
+
+    def output_frames(self, params: dict[str, Any], source_frames: int | None) -> int | None:
+        """The frames of a video stage's job (what a stage reading its video gets), None if unknown."""
+        return params.get("frames") if self.VIDEO else None
+
+    def seed_span(self, params: dict[str, Any], frames: int | None) -> int:
+        """How far past its seed a job's frames draw seeds (``seed + span`` must be a seed too)."""
+        return 0
 
 
 class ImageToImageConfig(StageConfig):

@@ -10,7 +10,19 @@ from __future__ import annotations
 from functools import cache
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, TypeAdapter, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictInt,
+    TypeAdapter,
+    WithJsonSchema,
+    model_validator,
+)
+
+from . import limits
 
 
 class RuntimeOption:
@@ -69,11 +81,19 @@ def multiple_of_8(value: int) -> int:
     return value
 
 
-Size = Annotated[StrictInt, Field(gt=0, le=16384)]
+Size = Annotated[StrictInt, Field(gt=0, le=limits.MAX_SIDE)]
 Strength = Annotated[float, Field(ge=0.0, le=1.0)]
 Steps = Annotated[StrictInt, Field(gt=0, le=10000)]
 Guidance = Annotated[float, Field(ge=0.0, le=100.0)]
-Prompt = str
+#: a prompt or negative prompt: at most MAX_PROMPT_CHARS characters (lone surrogates are refused for every
+#: string of a recipe, see :func:`sdbatch.config.checks.check_text`)
+Prompt = Annotated[str, Field(max_length=limits.MAX_PROMPT_CHARS)]
+#: a seed: what ``torch.Generator.manual_seed`` takes, 0..2**64-1 (``-1`` is refused with its own message)
+Seed = Annotated[
+    StrictInt,
+    AfterValidator(limits.check_seed),
+    WithJsonSchema({"type": "integer", "minimum": 0, "maximum": limits.MAX_SEED}),
+]
 
 
 class StrictModel(BaseModel):
@@ -83,8 +103,13 @@ class StrictModel(BaseModel):
 class SeedRange(StrictModel):
     """``seeds: {start: 0, count: 100}`` is seeds 0..99."""
 
-    start: StrictInt = 0
+    start: Seed = 0
     count: Annotated[StrictInt, Field(gt=0, le=10_000_000)]
+
+    @model_validator(mode="after")
+    def _last_seed(self) -> SeedRange:
+        limits.check_seed(self.start + self.count - 1, what="the range's last seed")
+        return self
 
 
 def _lora_shorthand(value: Any) -> Any:
@@ -117,13 +142,14 @@ Fps = Annotated[float, Field(gt=0, le=240)]
 
 
 def _check_schedule(value: Any) -> str:
-    from ..animation.schedule import ScheduleError, as_schedule_text, validate_schedule
+    from ..animation.schedule import ScheduleError, as_schedule_text
 
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise ValueError("must be a schedule like \"0:(1.0), 30:(1.05)\" or a number")
+    if isinstance(value, str):
+        limits.check_schedule_size(value)  # before compiling it: bounded work whatever its length
     try:
-        validate_schedule(value)
-        return as_schedule_text(value)
+        return as_schedule_text(value)  # validates (compiles every keyframe, evaluates it at its key)
     except ScheduleError as exc:
         raise ValueError(str(exc)) from None
 

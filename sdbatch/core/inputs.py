@@ -7,10 +7,12 @@ the job that makes it. Never imports torch or diffusers (video probing runs ffmp
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..config.checks import resolve_input_files
+from ..config.images import check_image
 from ..config.types import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 from ..io.hashing import HashCache
 from ..sources.specs import pipeline_config_ref, resolve_model
@@ -19,24 +21,26 @@ from .job import InputRef, ModelRef
 if TYPE_CHECKING:
     from ..config.stage import StageConfig
 
-#: (input, inherited seed, input size) for each input of a stage; (None, None, None) for a stage without one
-Source = tuple[InputRef | None, int | None, tuple[int, int] | None]
+class Source(NamedTuple):
+    """One input of a stage's jobs; ``Source()`` for a stage without one."""
 
-
-def image_size(path: Path) -> tuple[int, int]:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return im.size
+    ref: InputRef | None = None
+    seed: int | None = None  # the seed it inherits (an upstream job's)
+    size: tuple[int, int] | None = None  # width, height
+    frames: int | None = None  # a video's frames
 
 
 class Inputs:
-    """Resolves inputs and model specs relative to the recipe's folder; one instance per plan (caches models)."""
+    """Resolves inputs and model specs relative to the recipe's folder; one instance per plan (caches models).
 
-    def __init__(self, base: Path, hashes: HashCache, rehearse: bool):
+    ``exclude``: folders a glob's matches never come from (the recipe's outputs), see ``resolve_input_files``.
+    """
+
+    def __init__(self, base: Path, hashes: HashCache, rehearse: bool, exclude: Sequence[Path] = ()):
         self.base = base
         self.hashes = hashes
         self.rehearse = rehearse
+        self.exclude = tuple(exclude)
         self.models: dict[str, ModelRef] = {}
 
     def display_path(self, path: Path) -> str:
@@ -50,9 +54,20 @@ class Inputs:
         return path if path.is_absolute() else self.base / path
 
     # ------------------------------------------------------------------------------------------- files
-    def image_files(self, pattern: str) -> list[Source]:
-        return [(InputRef(self.display_path(path), self.hashes.file(path)), None, image_size(path))
-                for path in resolve_input_files(pattern, self.base, IMAGE_SUFFIXES)]
+    def files(self, pattern: str) -> list[Path]:
+        """The image files a file / folder / glob names (never from the recipe's output folders)."""
+        return resolve_input_files(pattern, self.base, IMAGE_SUFFIXES, self.exclude)
+
+    def image_files(self, pattern: str) -> tuple[list[Source], list[str]]:
+        """(a source per readable image, a problem per other file)."""
+        sources, problems = [], []
+        for path in self.files(pattern):
+            size, problem = check_image(path)
+            if problem:
+                problems.append(f"{self.display_path(path)}: {problem}")
+            else:
+                sources.append(Source(InputRef(self.display_path(path), self.hashes.file(path)), None, size))
+        return sources, problems
 
     def video_file(self, stage: StageConfig, value: str) -> tuple[Source | None, str | None]:
         """(the video source, None) or (None, the problem)."""
@@ -69,13 +84,13 @@ class Inputs:
             return None, str(exc).replace(str(path), value)
         except OSError as exc:
             return None, f"{value}: cannot read ({exc.strerror or exc})"
-        return (InputRef(self.display_path(path), digest), None, (info.width, info.height)), None
+        return Source(InputRef(self.display_path(path), digest), None, (info.width, info.height), info.frames), None
 
     def mask_for(self, stage: StageConfig, source: InputRef | None) -> InputRef | None:
         mask = getattr(stage, "mask", None)
         if mask is None:
             return None
-        masks = resolve_input_files(mask, self.base, IMAGE_SUFFIXES)
+        masks = self.files(mask)
         chosen = masks[0]
         if len(masks) > 1 and source is not None:
             stem = Path(source.path).stem

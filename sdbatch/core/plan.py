@@ -21,11 +21,13 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..config.limits import MAX_SEED, MAX_SIDE
 from ..config.stage import REHEARSE_MAX_SIDE, REHEARSE_MAX_STEPS, SWEEP_DEFAULTS, StageConfig
 from ..errors import Problem, RecipeError
 from ..io.hashing import HashCache
@@ -110,12 +112,28 @@ class StagePlanner:
         self.stage = stage
         self.rehearse = plan.rehearse
         self.aux: dict[str, ModelRef] = {}
+        self.reported: set[str] = set()
 
     def problem(self, path: tuple, message: str) -> None:
         """Record a problem with field ``path`` (relative to the stage) and carry on planning."""
         full = ("stages", self.index) + tuple(path)
         self.plan.problems.append(Problem(self.plan.line(*full), f"stages[{self.index}]." + ".".join(map(str, path)),
                                           message))
+
+    def problem_once(self, kind: str, path: tuple, message: str) -> None:
+        """:meth:`problem`, only the first time for ``kind`` in this stage (one line, not one per job)."""
+        if kind not in self.reported:
+            self.reported.add(kind)
+            self.problem(path, message)
+
+    def spend(self, budget: str, work: int, limit: int) -> bool:
+        """Count ``work`` against a recipe-wide ``limit`` (e.g. schedule evaluation); False (nothing spent)
+        when it would go over."""
+        spent = self.plan.budgets.get(budget, 0)
+        if spent + work > limit:
+            return False
+        self.plan.budgets[budget] = spent + work
+        return True
 
     def aux_model(self, key: str, spec: str, rehearsal: str | None = None) -> ModelRef:
         """An extra model the stage's jobs load (e.g. depth), by identity; ``rehearsal`` stands in for it."""
@@ -125,13 +143,16 @@ class StagePlanner:
 
 
 class RecipePlanner:
-    def __init__(self, loaded: LoadedRecipe, rehearse: bool, hashes: HashCache):
+    def __init__(self, loaded: LoadedRecipe, rehearse: bool, hashes: HashCache, out_dir: Path | None = None):
         self.loaded = loaded
         self.recipe = loaded.recipe
         self.rehearse = rehearse
-        self.inputs = Inputs(loaded.base_dir, hashes, rehearse)
+        exclude = list(loaded.output_dirs) + ([out_dir] if out_dir is not None else [])
+        self.inputs = Inputs(loaded.base_dir, hashes, rehearse, exclude)
         self.jobs_by_stage: dict[str, list[Job]] = {}
+        self.video_frames: dict[str, int | None] = {}  # job id -> frames of the video it makes
         self.problems: list[Problem] = []
+        self.budgets: dict[str, int] = {}  # work spent against recipe-wide limits (see StagePlanner.spend)
 
     def line(self, *path: Any) -> int:
         lines = self.loaded.lines
@@ -141,11 +162,11 @@ class RecipePlanner:
         return 0
 
     def sources(self, hooks: StagePlanner) -> list[Source]:
-        """(input, inherited seed, input size) for each input the stage reads; [(None, None, None)] for none."""
+        """A :class:`Source` for each input the stage reads; ``[Source()]`` for a stage without one."""
         stage = hooks.stage
         names = stage.input_names
         if not names:
-            return [(None, None, None)]
+            return [Source()]
         value = names[0]
         if value in self.jobs_by_stage:
             upstream = self.recipe.stage(value)
@@ -154,14 +175,17 @@ class RecipePlanner:
                 what = "a video" if wants_video else "images"
                 hooks.problem((stage.INPUT_FIELD,), f"stage {value!r} ({upstream.type}) does not produce {what}")
                 return []
-            return [(InputRef(job.output, None, job.job_id), job.seed, (job.params.width, job.params.height))
-                    for job in self.jobs_by_stage[value]]
+            return [Source(InputRef(job.output, None, job.job_id), job.seed, (job.params.width, job.params.height),
+                           self.video_frames.get(job.job_id)) for job in self.jobs_by_stage[value]]
         if stage.READS == "video":
             source, problem = self.inputs.video_file(stage, value)
             if problem:
                 hooks.problem((stage.INPUT_FIELD,), problem)
             return [source] if source else []
-        return self.inputs.image_files(value)
+        sources, problems = self.inputs.image_files(value)
+        for problem in problems:
+            hooks.problem((stage.INPUT_FIELD,), problem)
+        return sources
 
     def expand(self, index: int, stage: StageConfig) -> list[Job]:
         recipe, rehearse = self.recipe, self.rehearse
@@ -170,8 +194,7 @@ class RecipePlanner:
         model = self.inputs.model(stage.model or recipe.model)  # type: ignore[arg-type]
         device = "cpu" if rehearse else (stage.device or recipe.device)
         dtype = "float32" if rehearse else (stage.dtype or recipe.dtype)
-        sweeps = {key: getattr(stage, key, None) or SWEEP_DEFAULTS.get(key) for key in stage.SWEEPS}
-        sweeps = {k: list(dict.fromkeys(v)) for k, v in sweeps.items() if v is not None}
+        sweeps = stage_sweeps(stage)
         keys = list(sweeps)
         own_seeds = stage.job_seeds()
         fixed = {name: getattr(stage, name) for name in config.identity_fields()}
@@ -185,11 +208,14 @@ class RecipePlanner:
         options = RunOptions(**options, allow_pickle=True if recipe.allow_pickle else None)
         bad_combos: set[tuple] = set()
         jobs: list[Job] = []
-        for source, inherited_seed, in_size in self.sources(hooks):
-            width, height = job_size(stage, in_size)
+        for item in self.sources(hooks):
+            source = item.ref
+            width, height = job_size(stage, item.size)
+            if item.size is not None and not check_size(hooks, item, (width, height)):
+                continue
             if rehearse:
                 width, height = rehearse_size(width, height)
-            seeds = own_seeds if own_seeds is not None else [inherited_seed if inherited_seed is not None else 0]
+            seeds = own_seeds if own_seeds is not None else [item.seed if item.seed is not None else 0]
             mask = self.inputs.mask_for(stage, source)
             for values in itertools.product(*(sweeps[k] for k in keys)):
                 combo = dict(zip(keys, values))
@@ -207,7 +233,10 @@ class RecipePlanner:
                           if k not in ("prompt", "negative_prompt")}
                 values.update(fixed, steps=steps, width=width, height=height)
                 if rehearse:
-                    stage.rehearse_params(values)
+                    stage.rehearse_params(values, item.frames)
+                frames = stage.output_frames(values, item.frames)
+                if stage.VIDEO and not check_seed_span(hooks, seeds, stage.seed_span(values, frames)):
+                    continue
                 params = make_params(config, values)
                 prompt = combo.get("prompt") or ""
                 shared = {
@@ -222,8 +251,38 @@ class RecipePlanner:
                     digest.update(f"\0seed={seed}".encode())
                     jobs.append(Job(digest.hexdigest(), stage.name, stage.type, prompt, combo["negative_prompt"], seed,
                                     params, model, device, dtype, "", [source] if source else [], mask, options, aux))
+                    if stage.VIDEO:
+                        self.video_frames[jobs[-1].job_id] = frames
         name_outputs(stage, jobs)
         return jobs
+
+
+def stage_sweeps(stage: StageConfig) -> dict[str, list[Any]]:
+    """The stage's swept values (its own, else the defaults), each list without duplicates."""
+    sweeps = {key: getattr(stage, key, None) or SWEEP_DEFAULTS.get(key) for key in stage.SWEEPS}
+    return {k: list(dict.fromkeys(v)) for k, v in sweeps.items() if v is not None}
+
+
+def check_size(hooks: StagePlanner, source: Source, size: tuple[int, int]) -> bool:
+    """A size taken from an input obeys the limits of an explicit one."""
+    if all(8 <= side <= MAX_SIDE for side in size):
+        return True
+    name = source.ref.path if source.ref else "the input"
+    in_w, in_h = source.size or (0, 0)
+    hooks.problem_once("size", (hooks.stage.INPUT_FIELD,),
+                       f"{name} is {in_w}x{in_h}: the size taken from it, {size[0]}x{size[1]}, is outside "
+                       f"8..{MAX_SIDE} px a side (multiples of 8); set width/height")
+    return False
+
+
+def check_seed_span(hooks: StagePlanner, seeds: Sequence[int], span: int) -> bool:
+    """The seeds a job's frames draw (up to its seed + ``span``) are seeds too."""
+    top = (seeds[-1] if isinstance(seeds, range) else max(seeds)) if span else 0
+    if top + span <= MAX_SEED:
+        return True
+    hooks.problem_once("seed", ("seeds" if hooks.stage.seeds is not None else "seed",),
+                       f"seed {top} + {span} for the frames after the first is past the largest seed 2^64-1")
+    return False
 
 
 def name_outputs(stage: StageConfig, jobs: list[Job]) -> None:
@@ -244,12 +303,56 @@ def name_outputs(stage: StageConfig, jobs: list[Job]) -> None:
             job.output = f"{stage.name}/{slug}/{stage.name}.mp4"
 
 
+def count_jobs(planner: RecipePlanner, order: list[str]) -> dict[str, tuple[int, list[tuple[str, int]]]]:
+    """Each stage's job count with its factors (seeds x sweeps x inputs), from the recipe alone: no job is
+    built. A stage reading another gets one input per job of it. An upper bound: a combination that leaves
+    no denoising step is refused later."""
+    stages = {stage.name: stage for stage in planner.recipe.stages}
+    counts: dict[str, tuple[int, list[tuple[str, int]]]] = {}
+    for name in order:
+        stage = stages[name]
+        seeds = stage.job_seeds()
+        factors = [("seeds", len(seeds) if seeds is not None else 1)]
+        factors += [(key, len(values)) for key, values in stage_sweeps(stage).items()]
+        source = stage.input_names[0] if stage.input_names else None
+        if source in counts:
+            factors.append((f"inputs from {source!r}", counts[source][0]))
+        elif source is not None and stage.READS != "video":
+            factors.append(("input files", len(planner.inputs.files(source))))
+        counts[name] = (math.prod(n for _, n in factors), factors)
+    return counts
+
+
+def _number(n: int) -> str:
+    return f"{n:,}" if n < 10**15 else f"about {float(n):.3g}"
+
+
+def check_job_count(planner: RecipePlanner, order: list[str], limit: int) -> Problem | None:
+    """The recipe over ``limit`` jobs, naming the first stage over it alone, else the largest."""
+    counts = count_jobs(planner, order)
+    total = sum(n for n, _ in counts.values())
+    if total <= limit:
+        return None
+    over = next((name for name in order if counts[name][0] > limit), None)
+    name = over or max(order, key=lambda k: counts[k][0])
+    n, factors = counts[name]
+    shown = " x ".join(f"{label} {_number(count)}" for label, count in factors if count != 1) or "1"
+    index = next(i for i, stage in enumerate(planner.recipe.stages) if stage.name == name)
+    what = "is" if over else f"make the recipe {_number(total)} jobs,"
+    return Problem(planner.line("stages", index), f"stages[{index}]",
+                   f"{_number(n)} jobs ({shown}) {what} over the limit of {limit:,}; raise it with --max-jobs")
+
+
 def build_plan(loaded: LoadedRecipe, out_dir: Path, *, rehearse: bool = False,
-               hashes: HashCache | None = None) -> Plan:
-    """Expand ``loaded`` into jobs in dependency order. Raises RecipeError for plan-time problems."""
+               hashes: HashCache | None = None, max_jobs: int | None = None) -> Plan:
+    """Expand ``loaded`` into jobs in dependency order. Raises RecipeError for plan-time problems, at once (no
+    job built) for a recipe over ``max_jobs`` jobs (default: the recipe's ``max_jobs``, 100,000)."""
     hashes = hashes or HashCache.open()
-    planner = RecipePlanner(loaded, rehearse, hashes)
+    planner = RecipePlanner(loaded, rehearse, hashes, out_dir)
     order = stage_order(loaded)
+    too_many = check_job_count(planner, order, max_jobs or loaded.max_jobs)
+    if too_many:
+        raise RecipeError(str(loaded.path), [too_many])
     index = {stage.name: i for i, stage in enumerate(loaded.recipe.stages)}
     jobs: list[Job] = []
     for name in order:

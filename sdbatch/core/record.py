@@ -105,6 +105,8 @@ class OutputRecord(_Record):
     type: str
     path: str  # relative to the output folder
     sha256: str | None = None  # of the file (not in the record a PNG embeds)
+    size: int | None = None  # the file's size and mtime when written (not embedded): a change is noticed
+    mtime_ns: int | None = None
     role: Role = "image"
     prompt: str = ""
     negative_prompt: str = ""
@@ -195,12 +197,14 @@ class RunRecord(_Record):
     failed: int | None = None
     skipped: int | None = None
     interrupted: bool | None = None
+    signal: str | None = None  # what stopped the run: SIGINT, SIGTERM or SIGHUP
     error: str | None = None
 
 
 Record = Annotated[Union[OutputRecord, FailedRecord, SkippedRecord, RunRecord], Field(discriminator="kind")]
 RECORD = TypeAdapter(Record)
 KINDS = ("output", "failed", "skipped", "run")
+FILE_FIELDS = ("sha256", "size", "mtime_ns")  # facts of the written file: in the manifest, not in the PNG it describes
 
 
 # ------------------------------------------------------------------------------------------- reading

@@ -3,7 +3,7 @@
 Every output is written to a temp file in its own folder, fsynced and renamed, so a final name never
 holds a broken file; leftover temp files (``.<name>.tmp-<pid>-<rand>``) are removed by the next run.
 PNGs carry a ``parameters`` text chunk in AUTOMATIC1111's format (its PNG Info reads it) and an
-``sdbatch`` chunk with the output's manifest record (less its own sha256) as JSON.
+``sdbatch`` chunk with the output's manifest record (less its own sha256, size and mtime) as JSON.
 """
 
 from __future__ import annotations
@@ -13,9 +13,13 @@ import io
 import json
 import os
 import secrets
+import struct
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from ..core.record import FILE_FIELDS
 
 TEMP_MARK = ".tmp-"
 
@@ -157,7 +161,7 @@ def png_bytes(image: Any, record: dict[str, Any]) -> bytes:
 
     info = PngInfo()
     info.add_text("parameters", a1111_parameters(record))
-    embedded = {k: v for k, v in record.items() if k != "sha256"}
+    embedded = {k: v for k, v in record.items() if k not in FILE_FIELDS}  # facts of the file it is written into
     info.add_text("sdbatch", json.dumps(embedded, ensure_ascii=False, sort_keys=True))
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", pnginfo=info, compress_level=4)
@@ -171,18 +175,80 @@ def save_png(path: Path, image: Any, record: dict[str, Any]) -> str:
     return hashlib.sha256(data).hexdigest()  # not io.hashing's helper: hashing writes its cache through here
 
 
-def read_png_text(path: Path) -> dict[str, str]:
-    from PIL import Image
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+#: bytes of one metadata chunk, compressed or inflated: a larger one is refused before it is read
+MAX_PNG_TEXT = 1 << 20
+TEXT_CHUNKS = (b"tEXt", b"zTXt", b"iTXt")
 
-    with Image.open(path) as im:
-        im.load()
-        return dict(getattr(im, "text", {}) or {})
+
+class PngTextError(ValueError):
+    """A metadata chunk that cannot be trusted to read: ``key`` names it (None: the file itself)."""
+
+    def __init__(self, key: str | None, message: str):
+        super().__init__(message)
+        self.key = key
+
+
+def read_png_text(path: Path, keys: tuple[str, ...] = ("sdbatch", "parameters"),
+                  limit: int = MAX_PNG_TEXT) -> dict[str, str]:
+    """The text chunks ``keys`` of a PNG (a file from anyone), read chunk by chunk without PIL: PIL's text limits
+    only guard inflating, and with ``ImageFile.LOAD_TRUNCATED_IMAGES`` a chunk over them is silently dropped.
+    Each chunk's length is checked before it is read, a compressed one inflates to at most ``limit`` bytes,
+    its CRC is checked, and a key given twice is refused. Raises :class:`PngTextError`, or OSError."""
+    found: dict[str, str] = {}
+    with open(path, "rb") as fh:
+        if fh.read(8) != PNG_SIGNATURE:
+            raise PngTextError(None, "not a PNG file")
+        while len(head := fh.read(8)) == 8:
+            length, kind = struct.unpack(">I4s", head)
+            if kind == b"IEND":
+                break
+            start = fh.read(min(length, 80)) if kind in TEXT_CHUNKS else b""  # a keyword is 1-79 bytes + NUL
+            key = start.split(b"\0", 1)[0].decode("latin-1")
+            if b"\0" not in start or key not in keys:
+                fh.seek(length - len(start) + 4, os.SEEK_CUR)
+                continue
+            if length > limit:
+                raise PngTextError(key, f"its chunk is {length:,} bytes, over the {limit:,}-byte limit (not read)")
+            data = start + fh.read(length - len(start))
+            crc = fh.read(4)
+            if len(data) < length or len(crc) < 4 or struct.unpack(">I", crc)[0] != zlib.crc32(kind + data):
+                raise PngTextError(key, "its chunk is truncated or corrupt (CRC mismatch)")
+            if key in found:
+                raise PngTextError(key, "the PNG has more than one chunk of this name")
+            found[key] = _chunk_text(kind, data[len(key) + 1:], key, limit)
+    return found
+
+
+def _chunk_text(kind: bytes, body: bytes, key: str, limit: int) -> str:
+    """The text of a tEXt / zTXt / iTXt chunk's ``body`` (what follows its keyword and NUL)."""
+    try:
+        if kind == b"tEXt":
+            return body.decode("latin-1")
+        if kind == b"zTXt":  # a compression method byte (0: zlib), then the text
+            return _inflate(body[1:], key, limit).decode("latin-1")
+        compressed = body[0]  # iTXt: flag, method, language NUL, translated keyword NUL, UTF-8 text
+        text = body[2:].split(b"\0", 2)[2]
+        return (_inflate(text, key, limit) if compressed else text).decode("utf-8")
+    except PngTextError:
+        raise
+    except (IndexError, ValueError, zlib.error) as exc:  # UnicodeDecodeError is a ValueError
+        raise PngTextError(key, f"its chunk is malformed ({exc})") from None
+
+
+def _inflate(data: bytes, key: str, limit: int) -> bytes:
+    out = zlib.decompressobj().decompress(data, limit + 1)
+    if len(out) > limit:
+        raise PngTextError(key, f"its text inflates to over the {limit:,}-byte limit")
+    return out
 
 
 def read_png_record(path: Path) -> dict[str, Any] | None:
-    """The ``sdbatch`` record embedded in a PNG, or None."""
+    """The ``sdbatch`` record embedded in a PNG, or None (no chunk, or one that does not read as a JSON object:
+    :mod:`sdbatch.reports.untrusted` reads it strictly, naming what is wrong)."""
     try:
-        text = read_png_text(path).get("sdbatch")
-        return json.loads(text) if text else None
-    except Exception:  # noqa: BLE001 - any unreadable file simply has no record
+        text = read_png_text(path, ("sdbatch",)).get("sdbatch")
+        data = json.loads(text) if text else None
+    except (OSError, ValueError, RecursionError):  # any unreadable file simply has no record
         return None
+    return data if isinstance(data, dict) else None

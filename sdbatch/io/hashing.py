@@ -1,4 +1,8 @@
-"""Content hashes of files and folders, remembered by (size, mtime) so big weights are read once."""
+"""Content hashes of files and folders, remembered by (size, mtime, ctime, inode) so big weights are read once.
+
+A file rewritten in place with its size and mtime restored still has a new ctime (no user call sets it), and
+one replaced by a rename has a new inode: either makes it hashed again.
+"""
 
 from __future__ import annotations
 
@@ -29,8 +33,14 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def _key(st: os.stat_result) -> list[int]:
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
 class HashCache:
-    """sha256 of files keyed by real path, size and mtime; persisted as JSON in the cache folder.
+    """sha256 of files keyed by real path, size, mtime, ctime and inode; persisted as JSON in the cache folder.
+
+    An entry is ``[size, mtime_ns, sha256, ctime_ns, inode]`` (the digest stays third, where readers find it).
 
     Example::
 
@@ -58,12 +68,14 @@ class HashCache:
     def file(self, path: str | os.PathLike) -> str:
         real = os.path.realpath(path)
         st = os.stat(real)
-        key = [st.st_size, st.st_mtime_ns]
+        key = _key(st)
         hit = self.entries.get(real)
-        if hit and hit[:2] == key:
+        if isinstance(hit, list) and len(hit) >= 5 and [*hit[:2], *hit[3:5]] == key:
             return hit[2]
         digest = sha256_file(real)
-        self.entries[real] = key + [digest]
+        if _key(os.stat(real)) != key:
+            return digest  # changed while it was read: not remembered
+        self.entries[real] = [*key[:2], digest, *key[2:]]
         self.dirty = True
         return digest
 

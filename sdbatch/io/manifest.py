@@ -2,8 +2,15 @@
 
 The one writer (:meth:`Manifest.append`) and the one reader (:func:`read_records`) of the typed records of
 :mod:`sdbatch.core.record`. A torn last line (a crash mid-append) is ignored on read and cut off before the
-next append, however long it is, so the file always parses. A malformed line (not JSON, or not the shape of
-a record) is skipped with one warning line on stderr per manifest, naming it; it never stops a run.
+next append, however long it is, so the file always parses (only a tail that starts like a record is cut; any
+other unterminated last line is ended with a newline instead, and then skipped as malformed). A malformed line
+(not JSON, or not the shape of a record) is skipped with one warning line on stderr per manifest, naming it; it
+never stops a run.
+
+The manifest is only ever a regular file: a symlink, a folder, a FIFO or a device under its name is refused
+(:class:`~sdbatch.errors.UsageError`, exit 2) for reading and writing, and so is a hard-linked one for writing.
+A write that fails (a full disk) is undone (the partial line cut off) and raised as :class:`ManifestWriteError`;
+so is an append after the output folder or the manifest was deleted or replaced.
 
 Example::
 
@@ -14,9 +21,11 @@ Example::
 
 from __future__ import annotations
 
+import errno
 import gc
 import json
 import os
+import stat
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,18 +33,62 @@ from pathlib import Path
 from typing import Any
 
 from ..core.record import OutputRecord, describe_invalid, parse_line, parse_record
+from ..errors import UsageError
 
 MANIFEST_NAME = "manifest.jsonl"
 TAIL_CHUNK = 1 << 16  # how far back each step of the torn-tail search reads
+RECORD_START = b"{"  # every line the writer appends starts so: a torn tail that does not is not ours to cut
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 _WARNED: set[tuple[str, int, int]] = set()  # manifests (path, size, mtime) already warned about
+
+
+class ManifestWriteError(Exception):
+    """A record could not be appended (nothing of it is left in the file); ``str()`` is one line for the user."""
+
+
+def _kind_of(mode: int) -> str:
+    for test, name in ((stat.S_ISLNK, "a symlink"), (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def open_regular(path: Path, flags: int) -> int | None:
+    """A descriptor of the regular file ``path`` (never through a symlink, never blocking on a FIFO); None when
+    it does not exist and ``flags`` do not create it. Anything else under that name is a UsageError."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0), 0o644)
+    except (FileNotFoundError, NotADirectoryError):  # not there (or a file where its folder should be)
+        if flags & os.O_CREAT:
+            raise
+        return None
+    except OSError as exc:
+        try:
+            mode = os.lstat(path).st_mode
+        except OSError:
+            raise exc from None
+        if stat.S_ISREG(mode):
+            raise
+        raise UsageError(f"error: {path} is {_kind_of(mode)}, not a regular file: refusing to use it") from None
+    st = os.fstat(fd)
+    problem = None
+    if not stat.S_ISREG(st.st_mode):
+        problem = f"is {_kind_of(st.st_mode)}, not a regular file: refusing to use it"
+    elif flags & (os.O_WRONLY | os.O_RDWR) and st.st_nlink > 1:
+        problem = f"has {st.st_nlink} hard links: refusing to write to it (copy it to break the link)"
+    if problem:
+        os.close(fd)
+        raise UsageError(f"error: {path} {problem}")
+    return fd
 
 
 def read_records(path: Path, kind: str | None = None) -> list[Any]:
     """Every whole, well-formed record of a manifest (of ``kind`` if given), in order (missing file: none)."""
-    try:
-        fh = open(path, "rb")
-    except FileNotFoundError:
+    fd = open_regular(Path(path), os.O_RDONLY)
+    if fd is None:
         return []
+    fh = os.fdopen(fd, "rb")
     records: list[Any] = []
     bad: list[tuple[int, str]] = []
     with fh, collection_paused():
@@ -116,10 +169,28 @@ def complete_length(fh: Any, size: int) -> int:
     return 0
 
 
+def describe_write_error(exc: OSError, path: Path) -> str:
+    if exc.errno in NO_SPACE:
+        return f"error: no space left writing {path}"
+    return f"error: could not write {path}: {exc.strerror or exc}"
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 class Manifest:
+    """The append side of a manifest (reading: :meth:`records`, :meth:`outputs_by_job`).
+
+    The output folder's and the file's identity are taken when the file is first opened; every append checks
+    them, so a run whose folder was deleted or replaced stops instead of recording into a file nobody sees."""
+
     def __init__(self, path: Path):
         self.path = Path(path)
-        self._fh = None
+        self._fd: int | None = None
+        self._identity: tuple[tuple[int, int], tuple[int, int]] | None = None
 
     def records(self) -> list[Any]:
         return read_records(self.path)
@@ -132,28 +203,71 @@ class Manifest:
                 out.setdefault(record.job_id, []).append(record)
         return out
 
-    def _open(self) -> Any:
-        if self._fh is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fh = open(self.path, "ab+")
-            size = fh.seek(0, os.SEEK_END)
+    def open(self) -> None:
+        """Open for appending (creating it), cutting off a torn last line; a refused file is a UsageError."""
+        if self._fd is not None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = open_regular(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND)
+        assert fd is not None
+        try:
+            size = os.fstat(fd).st_size
             if size:
-                whole = complete_length(fh, size)
-                if whole != size:  # a torn last line: cut it off, so the next record starts a line
-                    fh.truncate(whole)
-                fh.seek(0, os.SEEK_END)
-            self._fh = fh
-        return self._fh
+                with os.fdopen(os.dup(fd), "rb") as fh:
+                    whole = complete_length(fh, size)
+                if whole != size:
+                    if os.pread(fd, len(RECORD_START), whole) == RECORD_START:
+                        os.ftruncate(fd, whole)  # a torn last line: cut it off, so the next record starts a line
+                    else:
+                        _write_all(fd, b"\n")  # not a record of ours: keep it, end its line
+            folder, own = os.stat(self.path.parent), os.fstat(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        self._identity = ((folder.st_dev, folder.st_ino), (own.st_dev, own.st_ino))
+
+    def _check_identity(self) -> None:
+        assert self._identity is not None
+        folder_id, file_id = self._identity
+        try:
+            folder = os.stat(self.path.parent)
+            same_folder = (folder.st_dev, folder.st_ino) == folder_id
+        except OSError:
+            same_folder = False
+        if not same_folder:
+            raise ManifestWriteError(f"error: the output folder {self.path.parent} was deleted or replaced during "
+                                     "the run: stopped")
+        try:
+            own = os.stat(self.path)
+            same_file = (own.st_dev, own.st_ino) == file_id
+        except OSError:
+            same_file = False
+        if not same_file:
+            raise ManifestWriteError(f"error: {self.path} was deleted or replaced during the run: stopped")
 
     def append(self, record: Any) -> None:
-        """Append one record (a model of :mod:`sdbatch.core.record`) as a line, and fsync."""
-        fh = self._open()
-        line = json.dumps(record.to_json(), ensure_ascii=False, separators=(", ", ": "))
-        fh.write(line.encode() + b"\n")
-        fh.flush()
-        os.fsync(fh.fileno())
+        """Append one record (a model of :mod:`sdbatch.core.record`) as a line, and fsync. On any failure
+        nothing of the line stays in the file and ManifestWriteError says why."""
+        data = json.dumps(record.to_json(), ensure_ascii=False, separators=(", ", ": ")).encode() + b"\n"
+        self.open()
+        self._check_identity()
+        fd = self._fd
+        assert fd is not None
+        start = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        except BaseException as exc:  # a full disk, or a second Ctrl-C between two writes of a long line
+            try:
+                os.ftruncate(fd, start)  # nothing half-recorded
+            except OSError:
+                pass  # then it is a torn tail, cut before the next append
+            if isinstance(exc, OSError):
+                raise ManifestWriteError(describe_write_error(exc, self.path)) from exc
+            raise
 
     def close(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

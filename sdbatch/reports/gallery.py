@@ -7,6 +7,9 @@ to the files, mp4s as ``<video controls>``, each with its prompt, seed and param
 in-progress previews are folded under the output they belong to. A stage whose images sweep also gets
 ``<out>/<stage>/grid.png`` (:mod:`.grid`), shown at the top of its section.
 
+Everything is written inside the output folder: a manifest line whose ``path`` or ``stage`` is absolute, holds
+``..`` or leads out of the folder through a symlink is ignored, with one warning line on stderr.
+
 The HTML is in Jinja2 templates (``templates/gallery.html`` and its parts, autoescaped); this module only
 prepares what they show.
 
@@ -17,6 +20,7 @@ Example::
 
 from __future__ import annotations
 
+import sys
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -25,6 +29,7 @@ from urllib.parse import quote
 from ..core.record import OutputRecord, RunRecord, is_video_path
 from ..io.manifest import MANIFEST_NAME, read_records
 from .grid import fmt, is_image, primary_input, write_grid, write_if_changed
+from .untrusted import inside, relpath_problem, shown
 
 GALLERY_NAME = "index.html"
 _ENV: Any = None
@@ -43,25 +48,34 @@ def _environment() -> Any:
 
 
 # ------------------------------------------------------------------------------------------ records
-def _inside(out_dir: Path, rel: str) -> bool:
-    try:
-        (out_dir / rel).resolve().relative_to(out_dir.resolve())
-        return True
-    except (ValueError, OSError):
-        return False
+def _escapes(out_dir: Path, record: OutputRecord) -> str | None:
+    """Why ``record`` would lead the gallery out of ``out_dir`` (its file, or its stage's grid.png), or None."""
+    stage = record.stage or "outputs"
+    for name, value in (("path", record.path), ("stage", stage)):
+        if relpath_problem(value) or (name == "stage" and "/" in value) or inside(out_dir, value) is None:
+            return f"{name} {shown(value)}"
+    return None
 
 
 def read_gallery_records(out_dir: Path) -> tuple[list[OutputRecord], RunRecord | None]:
     """The latest output record per path, for files that exist, in order of each path's first record; and the
-    last run's start record (one read of the manifest)."""
+    last run's start record (one read of the manifest). Records leading out of ``out_dir`` are ignored (one
+    warning line)."""
     latest: OrderedDict[str, OutputRecord] = OrderedDict()
-    run = None
+    run, ignored = None, []
     for record in read_records(out_dir / MANIFEST_NAME):
         if isinstance(record, RunRecord) and record.event == "start":
             run = record
         elif isinstance(record, OutputRecord) and record.path:
-            latest[record.path] = record
-    return [r for p, r in latest.items() if _inside(out_dir, p) and (out_dir / p).is_file()], run
+            why = _escapes(out_dir, record)
+            if why:
+                ignored.append(why)
+            else:
+                latest[record.path] = record
+    if ignored:
+        print(f"warning: {out_dir / MANIFEST_NAME}: ignored {len(ignored)} output record(s) leading out of "
+              f"{out_dir} (first: {ignored[0]})", file=sys.stderr)
+    return [r for p, r in latest.items() if (out_dir / p).is_file()], run
 
 
 def latest_outputs(out_dir: Path) -> list[OutputRecord]:

@@ -1,6 +1,9 @@
 """``sdbatch inspect FILE``: how an output was made, from its record (see :mod:`.provenance`).
 
-Exit codes: 0, or 2 (missing file, no metadata: one line on stderr).
+Every value shown comes from the file's metadata (untrusted: see :mod:`.untrusted`): control characters are
+shown escaped, and a path that would not be followed is shown with an ``untrusted:`` line saying why.
+
+Exit codes: 0, or 2 (missing file, no metadata, unreadable metadata: one line on stderr).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from typing import Any
 
 from ..io.manifest import MANIFEST_NAME
 from .provenance import EXIT_CANNOT, EXIT_MATCH, Found, ProvenanceError, check_manifest_hash, find_record, short
+from .untrusted import printable
 
 
 def _fmt(value: Any) -> str:
@@ -86,9 +90,10 @@ def describe(found: Found) -> list[str]:
     lines.append(("negative prompt", r.negative_prompt or "(none)"))
     lines.append(("seed", _fmt(r.effective_seed)))
     lines += _parameters(found) + _provenance(found)
+    lines += [("untrusted", f"metadata field '{name}': {why}; not followed") for name, why in found.untrusted]
     lines += [("note", note) for note in found.notes]
     width = max(len(k) for k, _ in lines) + 1
-    return [f"{(k + ':') if k else '':<{width}} {v}" for k, v in lines]
+    return [f"{(k + ':') if k else '':<{width}} {printable(str(v))}" for k, v in lines]
 
 
 def inspect_output(path: Path, as_json: bool = False) -> int:

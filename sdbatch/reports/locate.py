@@ -1,7 +1,9 @@
 """What ``sdbatch reproduce`` needs besides the record: the recipe's folder, the inputs, the models.
 
 Inputs are stage outputs (relative to the output folder) or files relative to the recipe's folder; each is
-checked against its recorded sha256, and a changed one is never swapped for a copy found elsewhere.
+checked against its recorded sha256, and a changed one is never swapped for a copy found elsewhere. Every
+path comes from untrusted metadata (:mod:`.untrusted`): it is looked up only as a relative path that
+resolves inside the folder it is joined to; the recorded ``recipe.dir`` is never followed.
 """
 
 from __future__ import annotations
@@ -10,32 +12,31 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .provenance import Found, ProvenanceError, abs_path, short
+from .untrusted import inside, relpath_problem
 
 
 def recipe_dirs(found: Found) -> list[Path]:
     """Folders the recipe may live in, best first: those holding a file with the recorded recipe's sha256,
     then those holding a file of that name. A relative recipe path was relative to where ``sdbatch run``
-    started: tried against the recorded ``dir`` (when the record has one), this working directory and the
-    output folder's parents."""
+    started: tried against the output folder, the file's folder, their parents and this working directory.
+    The recorded ``dir`` (an absolute path from metadata) is not followed, nor is a recipe path that is not
+    relative (its file name is looked up instead)."""
     from ..io.hashing import sha256_file
 
     recipe = found.record.recipe
     rp = recipe.path
     if not isinstance(rp, str) or not rp:
         return []
-    rel = Path(rp).expanduser()
+    name = PurePosixPath(rp).name
+    rels = [r for r in dict.fromkeys((name, rp)) if relpath_problem(r) is None]
     # a project moved or copied with its outputs finds its own files first, then where the run started
-    candidates: list[Path] = []
+    roots: list[Path] = []
     for anchor in (found.out_dir, found.file.parent):
         if anchor is not None:
-            candidates += [root / rel.name for root in (anchor, *anchor.parents)]
-            if not rel.is_absolute():
-                candidates += [root / rel for root in (anchor, *anchor.parents)]
-    if recipe.dir:
-        candidates.append(Path(recipe.dir) / rel.name)
-    candidates.append(rel if rel.is_absolute() else Path.cwd() / rel)
+            roots += [anchor, *anchor.parents]
+    candidates = [inside(root, rel) for rel in rels for root in (*roots, Path.cwd())]
     exact, named = [], []
-    for candidate in dict.fromkeys(abs_path(c) for c in candidates):
+    for candidate in dict.fromkeys(abs_path(c) for c in candidates if c is not None):
         if candidate.is_file():
             try:
                 same = sha256_file(candidate) == recipe.sha256
@@ -70,16 +71,16 @@ def locate_input(rel: Any, digest: str | None, what: str, found: Found, stage_ou
     """The file of a recorded input (``what``: "input", "mask", "LoRA") at ``rel`` with sha256 ``digest``."""
     from ..io.hashing import sha256_file
 
-    if not isinstance(rel, str) or not rel:
-        raise ProvenanceError("the record names an input without a path")
-    given = Path(rel).expanduser()
-    if given.is_absolute():
-        candidates = [given]
-    elif rel in stage_outputs and found.out_dir is not None:
-        candidates = [found.out_dir / rel]  # an upstream stage's output
+    problem = relpath_problem(rel)
+    if problem:
+        raise ProvenanceError(f"{what} path {problem}: not followed")
+    if rel in stage_outputs and found.out_dir is not None:
+        folders = [found.out_dir]  # an upstream stage's output
     else:
-        candidates = ([found.out_dir / rel] if found.out_dir is not None and not stage_outputs else []) + \
-                     [base / rel for base in bases]
+        folders = ([found.out_dir] if found.out_dir is not None and not stage_outputs else []) + bases
+    joined = [(folder, inside(folder, rel)) for folder in folders]
+    candidates = [path for _folder, path in joined if path is not None]
+    escapes = [folder for folder, path in joined if path is None and (folder / rel).exists()]
     changed = []
     for candidate in dict.fromkeys(candidates):
         if candidate.is_file():
@@ -88,13 +89,15 @@ def locate_input(rel: Any, digest: str | None, what: str, found: Found, stage_ou
                 return candidate
             changed.append(candidate)
             break
-    if digest and not changed and not given.is_absolute() and rel not in stage_outputs:
+    if digest and not changed and not escapes and rel not in stage_outputs:
         cached = _hash_cache_lookup(digest, rel)  # e.g. a recipe run from a folder we cannot guess
         if cached is not None and sha256_file(cached) == digest:
             return cached
     if changed:
         raise ProvenanceError(f"{what} {rel} has changed since this output was made (sha256 differs from "
                               f"{short(digest)}): {changed[0]}")
+    if escapes:
+        raise ProvenanceError(f"{what} {rel} leads out of {escapes[0]} through a symlink: not followed")
     looked = ", ".join(str(c.parent) for c in list(dict.fromkeys(candidates))[:4])
     hint = "" if rel in stage_outputs else " (a recipe-relative path: run reproduce next to the recipe)"
     raise ProvenanceError(f"{what} {rel} not found (looked in {looked}){hint}")
@@ -104,6 +107,11 @@ def recorded_model(model_id: Any, revision: Any, source: Any, bases: list[Path],
     from ..errors import ModelUnavailable
     from ..sources.specs import locate_recorded_model
 
+    if source in ("file", "folder"):  # a local path from metadata: relative, and never out of its base
+        problem = relpath_problem(model_id)
+        if problem:
+            raise ProvenanceError(f"{what} path {problem}: not followed")
+        bases = [base for base in bases if inside(base, model_id) is not None]
     try:
         return locate_recorded_model(model_id, revision, source, bases, what)
     except ModelUnavailable as exc:
@@ -127,8 +135,11 @@ def aux_models(params: dict[str, Any], found: Found, bases: list[Path]) -> dict[
             from ..sources.tiny import BUILTIN_MODELS
 
             aux["pipeline_config"] = ModelRef(config, BUILTIN_MODELS.get(config, "?"), "builtin")
+        elif problem := relpath_problem(config):
+            raise ProvenanceError(f"pipeline_config {problem}: not followed")
         else:
-            local = next((p for p in (local_model_path(config, b) for b in bases) if p is not None), None)
+            inner = [b for b in bases if inside(b, config) is not None]
+            local = next((p for p in (local_model_path(config, b) for b in inner) if p is not None), None)
             aux["pipeline_config"] = ModelRef(config, "local", "folder", str(local)) if local is not None \
                 else ModelRef(config, "configs", "hub-config", None)
     return aux

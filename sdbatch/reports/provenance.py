@@ -6,8 +6,13 @@ An output's record (its manifest line, an :class:`~sdbatch.core.record.OutputRec
 folder the file lives in (the nearest parent folder holding one, matched by the file's path relative to that
 folder).
 
-Exit codes: ``inspect`` 0, or 2 (missing file, no metadata). ``reproduce`` 0 match, 1 pixels differ,
-2 cannot reproduce (no metadata, unsupported output kind, missing/changed input or model, render error).
+The record of a PNG is untrusted input (:mod:`.untrusted`): an oversized chunk, invalid JSON or a field of
+the wrong type is refused (``error: <file>: metadata field '<field>': ...``), and a path that is absolute,
+holds ``..`` or leads out of its folder through a symlink is never followed.
+
+Exit codes: ``inspect`` 0, or 2 (missing file, no metadata, unreadable metadata). ``reproduce`` 0 match,
+1 pixels differ, 2 cannot reproduce (no metadata, untrusted metadata, unsupported output kind,
+missing/changed input or model, render error).
 
 Example::
 
@@ -24,7 +29,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ..core.record import OutputRecord
-from ..io.manifest import MANIFEST_NAME, read_outputs, read_png_output, read_records
+from ..io.artifacts import PngTextError, read_png_text
+from ..io.manifest import MANIFEST_NAME, read_outputs, read_records
+from .untrusted import UntrustedMetadata, inside, parse_embedded, path_problems, relpath_problem
 
 EXIT_MATCH, EXIT_DIFFERS, EXIT_CANNOT = 0, 1, 2
 
@@ -43,6 +50,8 @@ class Found:
     out_dir: Path | None  # the output folder (holding manifest.jsonl), when known
     manifest_record: OutputRecord | None = None  # the manifest line for this path, when there is one
     notes: list[str] = field(default_factory=list)
+    #: (field, why) of the record's paths that are not followed (see :mod:`.untrusted`)
+    untrusted: list[tuple[str, str]] = field(default_factory=list)
 
 
 def abs_path(path: Path) -> Path:
@@ -67,11 +76,27 @@ def latest_output(out_dir: Path, rel: str) -> OutputRecord | None:
 
 
 def _out_dir_from_record(file: Path, record: OutputRecord) -> Path | None:
-    """The folder that ``record.path`` is relative to, if ``file`` sits at that path."""
-    parts = PurePosixPath(record.path).parts if record.path else ()
+    """The folder that ``record.path`` (a safe relative path) is relative to, if ``file`` sits at that path."""
+    parts = PurePosixPath(record.path).parts if relpath_problem(record.path) is None else ()
     if parts and len(file.parts) > len(parts) and tuple(file.parts[-len(parts):]) == parts:
         return Path(*file.parts[:-len(parts)])
     return None
+
+
+def read_embedded(file: Path, shown: Path) -> OutputRecord | None:
+    """The record of a PNG's ``sdbatch`` chunk (None: no chunk), read as untrusted input (see :mod:`.untrusted`).
+    Raises :class:`ProvenanceError` naming the field."""
+    try:
+        text = read_png_text(file).get("sdbatch")  # both chunks: an oversized ``parameters`` is refused too
+        return parse_embedded(text) if text is not None else None
+    except PngTextError as exc:
+        if exc.key is None:
+            return None  # not a PNG: no embedded record
+        raise ProvenanceError(UntrustedMetadata(exc.key, str(exc)).line(shown)) from None
+    except UntrustedMetadata as exc:
+        raise ProvenanceError(exc.line(shown)) from None
+    except OSError as exc:
+        raise ProvenanceError(f"{shown}: cannot read: {exc.strerror or exc}") from None
 
 
 def _has_job(out_dir: Path, job_id: str) -> bool:
@@ -85,15 +110,19 @@ def find_record(path: Path) -> Found:
         raise ProvenanceError(f"{path}: no such file")
     if not file.is_file():
         raise ProvenanceError(f"{path}: not a file")
-    embedded = read_png_output(file) if file.suffix.lower() == ".png" else None
+    embedded = read_embedded(file, path) if file.suffix.lower() == ".png" else None
     if embedded is not None:
+        untrusted = path_problems(embedded)
         out_dir = _out_dir_from_record(file, embedded)
+        if out_dir is not None and inside(out_dir, embedded.path) is None:
+            untrusted.append(("path", f"{embedded.path!r} leads out of {out_dir} through a symlink"))
+            out_dir = None
         manifest_record = None
         if out_dir is not None and (out_dir / MANIFEST_NAME).is_file():
             manifest_record = latest_output(out_dir, embedded.path)
         elif out_dir is None:  # moved or renamed: an output folder above it that has this job
             out_dir = next((d for d in _manifest_dirs(file) if _has_job(d, embedded.job_id)), None)
-        return Found(file, embedded, "png", out_dir, manifest_record)
+        return Found(file, embedded, "png", out_dir, manifest_record, untrusted=untrusted)
     for out_dir in _manifest_dirs(file):
         rel = file.relative_to(out_dir).as_posix()
         record = latest_output(out_dir, rel)

@@ -16,12 +16,18 @@ models a rounding difference grows over the steps); so a difference is reported 
 pixels differ, and the recorded-vs-current environment differences (versions, device, dtype, threads,
 batching) that could explain it.
 
-Exit codes: 0 match, 1 pixels differ, 2 cannot reproduce (no metadata, unsupported output kind,
-missing/changed input or model, render error).
+The record is untrusted input (:mod:`.untrusted`): its paths are checked before anything is looked up, its
+params, options and seed are validated (a wrong one: ``error: <file>: metadata field 'params.steps': ...``),
+and the re-rendered files go only under ``--out`` (default: a fresh temp folder, named in the result line),
+never to a path taken from the metadata.
+
+Exit codes: 0 match, 1 pixels differ, 2 cannot reproduce (no metadata, untrusted metadata, unsupported output
+kind, missing/changed input or model, render error).
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import tempfile
@@ -41,6 +47,7 @@ from .provenance import (
     check_manifest_hash,
     find_record,
 )
+from .untrusted import UntrustedMetadata, field_name, inside, path_problems
 
 REPRODUCIBLE_TYPES = ("generate", "img2img", "inpaint")
 VIDEO_TYPES = ("restyle", "animate", "interpolate")
@@ -60,16 +67,46 @@ def _check_reproducible(found: Found) -> None:
     for key in ("params", "seed"):
         if key not in r.model_fields_set or getattr(r, key) is None:
             raise ProvenanceError(f"{name}: the record lacks {key!r}")
+    problems = found.untrusted or path_problems(r)
+    if problems:
+        field, why = problems[0]
+        raise ProvenanceError(UntrustedMetadata(field, f"{why}; not followed").line(found.file))
+
+
+def _typed(found: Found, field: str, build: Any, *args: Any) -> Any:
+    """``build(*args)`` (a typed value made from the record's ``field``); a wrong value is a ProvenanceError
+    naming the field (``params.steps``)."""
+    from pydantic import ValidationError
+
+    try:
+        return build(*args)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        error = UntrustedMetadata(field_name([field, *first["loc"]]), first["msg"])
+    except (TypeError, ValueError) as exc:
+        error = UntrustedMetadata(field, str(exc))
+    raise ProvenanceError(error.line(found.file))
 
 
 def build_job(found: Found) -> tuple[Any, dict[str, Path], list[Path]]:
     """The Job of ``found``'s record, with every input located and checked; plus {input path: file} and the
     folders the recipe may be in."""
+    from pydantic import TypeAdapter
+
+    from ..config.limits import check_seed
+    from ..config.types import Size, multiple_of_8
     from ..core.job import InputRef, Job, options_from_json
     from ..stages import params_from_json
 
     _check_reproducible(found)
     r = found.record
+    params = _typed(found, "params", params_from_json, r.type, r.params)
+    for side in ("width", "height"):  # the bounds a recipe's sizes have
+        _typed(found, f"params.{side}", TypeAdapter(Size).validate_python, getattr(params, side))
+        _typed(found, f"params.{side}", multiple_of_8, getattr(params, side))
+    runtime = {k: v for k, v in r.options.items() if k not in ("batch_size", "previews")}
+    options = _typed(found, "options", options_from_json, runtime)
+    seed = _typed(found, "seed", check_seed, int(r.seed))
     stage_outputs: set[str] = set()
     upstream: dict[str, str] = {}
     if found.out_dir is not None:
@@ -96,11 +133,9 @@ def build_job(found: Found) -> tuple[Any, dict[str, Path], list[Path]]:
         raise ProvenanceError(f"{found.file.name}: the record of this inpaint output names no mask")
     model = recorded_model(r.model.id, r.model.revision, r.model.source, bases)
     device, dtype = _device_for(r)
-    options = {k: v for k, v in r.options.items() if k not in ("batch_size", "previews")}
     job = Job(job_id=r.job_id, stage=r.stage, type=r.type, prompt=r.prompt, negative_prompt=r.negative_prompt,
-              seed=int(r.seed), params=params_from_json(r.type, r.params), model=model, device=device,
-              dtype=dtype, output=r.path, inputs=inputs, mask=mask, options=options_from_json(options),
-              aux_models=aux_models(r.params, found, bases))
+              seed=seed, params=params, model=model, device=device, dtype=dtype, output=r.path, inputs=inputs,
+              mask=mask, options=options, aux_models=aux_models(r.params, found, bases))
     return job, located, dirs
 
 
@@ -138,7 +173,7 @@ def _pin_threads(record: OutputRecord, job: Any) -> tuple[int, int]:
 
     before = torch.get_num_threads()
     recorded = record.threads
-    if job.device == "cpu" and recorded is not None and recorded > 0 and recorded != before:
+    if job.device == "cpu" and recorded is not None and 0 < recorded <= (os.cpu_count() or 1) and recorded != before:
         torch.set_num_threads(recorded)
     return torch.get_num_threads(), before
 
@@ -205,30 +240,38 @@ def batch_jobs(found: Found, job: Any) -> tuple[list[Any], dict[str, Path]]:
 
 
 def reproduce_output(path: Path, out: Path | None = None) -> int:
-    """Re-render ``path`` from its record and compare pixels: 0 match, 1 differ, 2 cannot reproduce."""
+    """Re-render ``path`` from its record into ``out`` (default: a fresh temp folder, named in the result line)
+    and compare pixels: 0 match, 1 differ, 2 cannot reproduce. Nothing is written outside that folder."""
     try:
         found = find_record(Path(path))
         job, located, dirs = build_job(found)
+        jobs, more = batch_jobs(found, job)
+        out_dir = _out_folder(found, jobs, out)
     except ProvenanceError as exc:
         print(str(exc), file=sys.stderr)
         return EXIT_CANNOT
-    temp = None
+    code = _render_and_compare(found, job, jobs, {**more, **located}, dirs, out_dir, out_dir / job.output)
+    if code == EXIT_CANNOT and out is None:
+        shutil.rmtree(out_dir, ignore_errors=True)
+    return code
+
+
+def _out_folder(found: Found, jobs: list[Any], out: Path | None) -> Path:
+    """Where the re-rendered files go: ``out``, else a fresh temp folder; every job's output lands inside it
+    (no symlink in ``out`` leads out of it) and none on the original file."""
+    overwrite = f"--out {out}: re-rendered files would overwrite the originals; choose another folder"
     if out is None:
-        temp = tempfile.mkdtemp(prefix="sdbatch-reproduce-")
-        out_dir = Path(temp)
-    else:
-        out_dir = abs_path(Path(out))
-    target = out_dir / job.output
-    if (found.out_dir is not None and out_dir.resolve() == found.out_dir.resolve()) or \
-            (target.exists() and target.resolve() == found.file.resolve()):
-        print(f"--out {out}: re-rendered files would overwrite the originals; choose another folder", file=sys.stderr)
-        return EXIT_CANNOT
-    jobs, more = batch_jobs(found, job)
-    try:
-        return _render_and_compare(found, job, jobs, {**more, **located}, dirs, out_dir, target, keep=temp is None)
-    finally:
-        if temp is not None:
-            shutil.rmtree(temp, ignore_errors=True)
+        return Path(tempfile.mkdtemp(prefix="sdbatch-reproduce-"))  # the job paths are checked relative ones
+    out_dir = abs_path(Path(out))
+    if found.out_dir is not None and out_dir.resolve() == found.out_dir.resolve():
+        raise ProvenanceError(overwrite)
+    for job in jobs:
+        target = inside(out_dir, job.output)
+        if target is None:
+            raise ProvenanceError(f"--out {out}: {job.output} leads out of it through a symlink; choose another folder")
+        if target.exists() and target.resolve() == found.file.resolve():
+            raise ProvenanceError(overwrite)
+    return out_dir
 
 
 def _render(found: Found, job: Any, jobs: list[Any], located: dict[str, Path], dirs: list[Path],
@@ -259,7 +302,7 @@ def _render(found: Found, job: Any, jobs: list[Any], located: dict[str, Path], d
 
 
 def _render_and_compare(found: Found, job: Any, jobs: list[Any], located: dict[str, Path], dirs: list[Path],
-                        out_dir: Path, target: Path, keep: bool) -> int:
+                        out_dir: Path, target: Path) -> int:
     import numpy as np
 
     result, threads = _render(found, job, jobs, located, dirs, out_dir)
@@ -267,7 +310,7 @@ def _render_and_compare(found: Found, job: Any, jobs: list[Any], located: dict[s
         print(f"could not re-render {found.file.name}: {result.error if result else 'no output'}", file=sys.stderr)
         return EXIT_CANNOT
     original, again = _pixels(found.file), _pixels(target)
-    where = f" (re-rendered: {target})" if keep else ""
+    where = f" (re-rendered: {target})"
     if original.shape != again.shape:
         print(f"size differs: {original.shape[1]}x{original.shape[0]} vs re-rendered "
               f"{again.shape[1]}x{again.shape[0]}{where}")

@@ -29,10 +29,13 @@ class Reporter:
         return self._console
 
     def say(self, message: str) -> None:
-        if self._progress is not None:
-            self._progress.console.print(message, markup=False)
-        else:
-            print(message, file=self.stream, flush=True)
+        try:
+            if self._progress is not None:
+                self._progress.console.print(message, markup=False)
+            else:
+                print(message, file=self.stream, flush=True)
+        except (OSError, ValueError):
+            pass  # the terminal is gone (a closed ssh session): the run goes on, the manifest tells
 
     def start(self, total: int, already_done: int) -> None:
         self.total, self.count, self.started = total, 0, time.time()
@@ -60,7 +63,7 @@ class Reporter:
             return
         elapsed = time.time() - self.started
         eta = elapsed / self.count * (self.total - self.count) if self.count else 0
-        print(f"[{self.count}/{self.total}] {line} (ETA {_fmt(eta)})", file=self.stream, flush=True)
+        self.say(f"[{self.count}/{self.total}] {line} (ETA {_fmt(eta)})")
 
     def done(self, job: Any, seconds: float) -> None:
         self._advance(f"{job.output} {seconds:.1f}s")
@@ -74,8 +77,11 @@ class Reporter:
 
     def stop(self) -> None:
         if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
+            progress, self._progress = self._progress, None
+            try:
+                progress.stop()
+            except (OSError, ValueError):
+                pass
 
     def summary(self, stats: dict[str, Any], failures: list[tuple[str, str, str]], out_dir: Any) -> None:
         from rich.table import Table

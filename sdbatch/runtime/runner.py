@@ -1,15 +1,17 @@
 """Run a plan: skip what is done, render the rest, isolate failures, report progress, stop cleanly.
 
-Resume rules: a job is done when the manifest has its output line and the file exists. A file under its
-final name but without a manifest line (killed between the rename and the append) is adopted from the
+Resume rules: a job is done when the manifest has its output line and the file is there as written (see
+:mod:`.outputs`: a missing or changed output is rendered again, a changed one kept aside first). A file under
+its final name but without a manifest line (killed between the rename and the append) is adopted from the
 record embedded in it. Temp files of a killed run are removed first. ``force`` re-renders everything.
-First Ctrl-C finishes the current batch and stops (exit 130); a second stops at once.
+The first Ctrl-C, SIGTERM or SIGHUP finishes the current batch and stops (exit 130, 143, 129; see :mod:`.stop`);
+a second stops at once. A manifest write that fails stops the run at once (exit 1), and so do outputs that
+keep failing for a full disk.
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import threading
 import time
@@ -24,10 +26,14 @@ from ..config.recipe import LoadedRecipe
 from ..core.job import Job
 from ..core.plan import Plan
 from ..core.record import FailedRecord, OutputRecord, RunRecord, SkippedRecord
-from ..errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE  # noqa: F401
+from ..errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError  # noqa: F401
 from ..io.artifacts import clean_temp_files
 from ..io.hashing import sha256_bytes, sha256_file
-from ..io.manifest import MANIFEST_NAME, Manifest, read_png_output
+from ..io.manifest import MANIFEST_NAME, Manifest, ManifestWriteError, describe_write_error, read_png_output
+from .outputs import OutputCheck, check_outputs, done_jobs, keep_edited, recorded_outputs  # noqa: F401
+from .stop import StopSignals
+
+NO_SPACE_STREAK = 3  # outputs failing in a row for a full disk stop the run
 
 
 def now_iso() -> str:
@@ -54,33 +60,15 @@ def recipe_info(loaded: LoadedRecipe) -> dict[str, Any]:
             "sha256": sha256_bytes(loaded.text.encode()), "git_commit": commit, "git_dirty": dirty}
 
 
-def done_jobs(plan: Plan, by_job: dict[str, list[OutputRecord]]) -> dict[str, OutputRecord]:
-    """job_id -> final output record, for jobs whose final output is recorded (``by_job``, from
-    :meth:`Manifest.outputs_by_job`) and on disk."""
-    done = {}
-    for job_id, records in by_job.items():
-        job = plan.index.get(job_id)
-        if job is None:
-            continue
-        for record in records:
-            if record.path == job.output and (plan.out_dir / job.output).is_file():
-                done[job_id] = record
-    return done
-
-
-def recorded_outputs(by_job: dict[str, list[OutputRecord]]) -> set[tuple[str, str]]:
-    """(job_id, path) of every recorded output."""
-    return {(job_id, r.path) for job_id, records in by_job.items() for r in records}
-
-
 def adopt_orphans(plan: Plan, manifest: Manifest, done: dict[str, OutputRecord],
-                  recorded: set[tuple[str, str]]) -> int:
+                  recorded: set[tuple[str, str]], skip: Collection[str] = ()) -> int:
     """Record outputs (images, video frames) written but not yet recorded when a run was killed.
 
-    ``done`` and ``recorded`` are updated with what is adopted."""
+    ``done`` and ``recorded`` are updated with what is adopted; jobs in ``skip`` (a recorded output that was
+    changed since: the file is the user's now) are left alone."""
     adopted = 0
     for job in plan.jobs:
-        if job.job_id in done:
+        if job.job_id in done or job.job_id in skip:
             continue
         candidates = [plan.out_dir / job.output]
         if not job.output.endswith(".png"):
@@ -94,6 +82,8 @@ def adopt_orphans(plan: Plan, manifest: Manifest, done: dict[str, OutputRecord],
             if record is None or record.job_id != job.job_id or record.path != rel:
                 continue
             record.sha256 = sha256_file(path)
+            st = path.stat()
+            record.size, record.mtime_ns = st.st_size, st.st_mtime_ns
             manifest.append(record)
             recorded.add((job.job_id, rel))
             adopted += 1
@@ -129,7 +119,10 @@ class StageStats:
 
 @dataclass
 class RunSink:
-    """The driver's end of an executor: writes the manifest, counts, shows progress, carries the stop flag."""
+    """The driver's end of an executor: writes the manifest, counts, shows progress, carries the stop flag.
+
+    A manifest write that fails (``fatal``) stops the run at once and nothing more is written; outputs that
+    fail for a full disk ``NO_SPACE_STREAK`` times in a row stop it too (``halt``; the manifest still works)."""
 
     manifest: Manifest
     plan: Plan
@@ -139,34 +132,55 @@ class RunSink:
     recorded: set[tuple[str, str]] = field(default_factory=set)
     failures: list[tuple[str, str, str]] = field(default_factory=list)
     lock: threading.RLock = field(default_factory=threading.RLock)  # the writer thread emits too
+    fatal: str | None = None
+    halt: str | None = None
+    no_space_streak: int = 0
 
     def stop_requested(self) -> bool:
-        return self.stop_event.is_set()
+        return self.stop_event.is_set() or self.fatal is not None or self.halt is not None
 
     def started(self, jobs: list[Job]) -> None:
         self.progress.current(jobs[0].stage, len(jobs))
+
+    def _append(self, record: Any) -> bool:
+        if self.fatal is not None:
+            return False
+        try:
+            self.manifest.append(record)
+            return True
+        except ManifestWriteError as exc:
+            self.fatal = str(exc)
+        except OSError as exc:  # not through Manifest.append's own handling (a replaced writer)
+            self.fatal = describe_write_error(exc, self.manifest.path)
+        return False
 
     def output(self, record: OutputRecord) -> None:
         with self.lock:
             key = (record.job_id, record.path)
             if key in self.recorded:
                 return  # a retried job (e.g. a lost Ray worker) must not be recorded twice
-            self.recorded.add(key)
-            self.manifest.append(record)
+            if self._append(record):
+                self.recorded.add(key)
 
     def finished(self, result: Any) -> None:
         with self.lock:
-            self._finished(result)
+            if self.fatal is None:
+                self._finished(result)
 
     def _finished(self, result: Any) -> None:
         job = self.plan.index[result.job_id]
         if result.error:
             self.stats[job.stage].failed += 1
             self.failures.append((job.stage, job.output, result.error))
-            self.manifest.append(FailedRecord(job_id=job.job_id, stage=job.stage, path=job.output,
-                                              error=result.error, time=now_iso()))
+            self._append(FailedRecord(job_id=job.job_id, stage=job.stage, path=job.output,
+                                      error=result.error, time=now_iso()))
             self.progress.failed(job, result.error)
+            self.no_space_streak = self.no_space_streak + 1 if getattr(result, "no_space", False) else 0
+            if self.no_space_streak >= NO_SPACE_STREAK and self.halt is None:
+                self.halt = (f"error: no space left writing outputs to {self.plan.out_dir} "
+                             f"({self.no_space_streak} in a row failed): stopped")
         else:
+            self.no_space_streak = 0
             for record in result.records:  # executors that do not emit as they go
                 self.output(record)
             self.stats[job.stage].rendered += 1
@@ -174,12 +188,13 @@ class RunSink:
 
     def skipped(self, job: Job, reason: str) -> None:
         with self.lock:
-            self._skipped(job, reason)
+            if self.fatal is None:
+                self._skipped(job, reason)
 
     def _skipped(self, job: Job, reason: str) -> None:
         self.stats[job.stage].skipped += 1
-        self.manifest.append(SkippedRecord(job_id=job.job_id, stage=job.stage, path=job.output, reason=reason,
-                                           time=now_iso()))
+        self._append(SkippedRecord(job_id=job.job_id, stage=job.stage, path=job.output, reason=reason,
+                                   time=now_iso()))
         self.progress.skipped(job, reason)
 
 
@@ -189,65 +204,83 @@ class RunOutcome:
     stats: dict[str, StageStats]
     failures: list[tuple[str, str, str]]
     interrupted: bool = False
+    error: str | None = None  # why the run stopped early (a full disk, a vanished folder): one line
 
 
-class _SigintHandler:
-    """First Ctrl-C: finish the current batch, then stop. Second: stop now."""
-
-    def __init__(self, stop: threading.Event, say: Any):
-        self.stop = stop
-        self.say = say
-        self.previous = None
-
-    def __enter__(self) -> _SigintHandler:
-        if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.stop.is_set():
-            raise KeyboardInterrupt
-        self.stop.set()
-        self.say("Interrupted: finishing the current job, then stopping (Ctrl-C again to stop now)")
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+def keep_changed(out_dir: Path, todo: list[Job], check: OutputCheck, reporter: Any) -> None:
+    """Before re-rendering them, move the changed outputs of ``todo`` aside and say what is rendered again."""
+    kept = []
+    for job in todo:
+        if job.job_id in check.changed:
+            try:
+                target = keep_edited(out_dir, job.output)
+            except OSError as exc:
+                raise UsageError(f"error: cannot keep the changed {out_dir / job.output} aside: {exc}") from None
+            if target is not None:
+                kept.append(target)
+    if kept:
+        reporter.say(f"{len(kept)} output(s) changed since they were recorded: kept as {kept[0].name}"
+                     f"{' and others' if len(kept) > 1 else ''}; rendering them again")
+    missing = sum(job.job_id in check.missing for job in todo)
+    if missing:
+        reporter.say(f"{missing} recorded output(s) are missing: rendering them again")
 
 
 def run_plan(loaded: LoadedRecipe, plan: Plan, *, force: bool = False, only: list[str] | None = None,
              executor: str = "local", executor_options: dict[str, Any] | None = None,
              reporter: Any = None) -> RunOutcome:
-    """Render every pending job of ``plan`` into ``plan.out_dir``; returns the outcome and exit code."""
-    from .executors import make_executor
+    """Render every pending job of ``plan`` into ``plan.out_dir``; returns the outcome and exit code.
+
+    The caller holds the folder's :class:`~sdbatch.io.outdir.RunLock`. A manifest that cannot be used is a
+    UsageError (exit 2); one that fails mid-run (a full disk) ends the run at once (``error``, exit 1)."""
     from .progress import Reporter
-    from .worker import RunInfo, software_versions
 
     out_dir = plan.out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     reporter = reporter or Reporter()
+    manifest = Manifest(out_dir / MANIFEST_NAME)
+    try:
+        manifest.open()  # refuses what is not a regular file, and cuts a torn tail, before anything else
+    except OSError as exc:
+        raise UsageError(f"error: cannot write {manifest.path}: {exc.strerror or exc}") from None
+    try:
+        return _run(loaded, plan, manifest, reporter, force, list(only or []), executor, executor_options or {})
+    except (ManifestWriteError, OSError) as exc:
+        reporter.stop()
+        why = str(exc) if isinstance(exc, ManifestWriteError) else \
+            describe_write_error(exc, Path(exc.filename) if exc.filename else manifest.path)
+        return RunOutcome(EXIT_FAILED, {}, [], error=why)
+    finally:
+        manifest.close()
+
+
+def _run(loaded: LoadedRecipe, plan: Plan, manifest: Manifest, reporter: Any, force: bool, only: list[str],
+         executor: str, executor_options: dict[str, Any]) -> RunOutcome:
+    from .executors import make_executor
+    from .quiet import quiet_libraries
+    from .worker import RunInfo, software_versions
+
+    out_dir = plan.out_dir
     removed = clean_temp_files(out_dir)
     if removed:
         reporter.say(f"Removed {len(removed)} unfinished temp file(s) from an interrupted run")
-    manifest = Manifest(out_dir / MANIFEST_NAME)
-    by_job = {} if force else manifest.outputs_by_job()  # the manifest is read once
-    found = done_jobs(plan, by_job)
-    recorded = recorded_outputs(by_job)
+    by_job = manifest.outputs_by_job()  # the manifest is read once
+    check = check_outputs(plan, by_job)
+    recorded = set() if force else recorded_outputs(by_job, out_dir)
     del by_job
     if not force:
-        adopted = adopt_orphans(plan, manifest, found, recorded)
+        adopted = adopt_orphans(plan, manifest, check.done, recorded, skip=check.changed)
         if adopted:
             reporter.say(f"Recorded {adopted} output(s) written just before an interruption")
-    done = set(found)  # the ids: 20,000 records held through a long run would slow every garbage collection
-    del found
-    only = list(only or [])
-    todo = select_jobs(plan, done, only) if not force else \
-        [job for job in plan.jobs if not only or job.stage in only]
+    done = set() if force else set(check.done)  # ids: 20,000 records held through a run would slow every collection
+    todo = select_jobs(plan, done, only) if not force else [job for job in plan.jobs if not only or job.stage in only]
+    keep_changed(out_dir, todo, check, reporter)
     stats = {name: StageStats() for name in plan.stage_order}
     for job in plan.jobs:
         stats[job.stage].jobs += 1
         if job.job_id in done:
             stats[job.stage].done_before += 1
+    del check
     info = RunInfo(str(out_dir), str(loaded.base_dir), recipe_info(loaded), software_versions())
     if info.recipe.get("git_dirty"):
         reporter.say(f"Warning: {loaded.path} has uncommitted changes; commit it so this run can be reproduced "
@@ -258,30 +291,41 @@ def run_plan(loaded: LoadedRecipe, plan: Plan, *, force: bool = False, only: lis
                               rehearse=plan.rehearse, force=force, only=only, executor=executor, pid=os.getpid()))
     stop = threading.Event()
     sink = RunSink(manifest, plan, reporter, stats, stop, recorded)
+    signals = StopSignals(stop, reporter.say)
     interrupted = False
     started = time.time()
     reporter.start(len(todo), sum(s.done_before for s in stats.values()))
     try:
-        with _SigintHandler(stop, reporter.say):
+        with signals:
             if todo:
-                make_executor(executor, info, **(executor_options or {})).execute(todo, sink)
+                quiet_libraries()  # imports diffusers: only when there is something to render
+                make_executor(executor, info, **executor_options).execute(todo, sink)
     except KeyboardInterrupt:
         interrupted = True
+    except ManifestWriteError:
+        raise
     except BaseException as exc:
         # the executor itself failed (e.g. an unreachable Ray cluster): close the run in the manifest
         reporter.stop()
-        manifest.append(RunRecord(event="end", run_id=run_id, time=now_iso(), seconds=round(time.time() - started, 3),
-                                  exit_code=None, error=f"{type(exc).__name__}: {exc}", interrupted=False))
-        manifest.close()
+        if sink.fatal is None:
+            manifest.append(RunRecord(event="end", run_id=run_id, time=now_iso(),
+                                      seconds=round(time.time() - started, 3), exit_code=None,
+                                      error=f"{type(exc).__name__}: {exc}", interrupted=False))
         raise
     finally:
         reporter.stop()
+    if sink.fatal is not None:
+        raise ManifestWriteError(sink.fatal)  # nothing more is written: not even the run's end
     interrupted = interrupted or stop.is_set()
     failed = sum(s.failed + s.skipped for s in stats.values())
-    code = EXIT_INTERRUPTED if interrupted else (EXIT_FAILED if failed else EXIT_OK)
-    manifest.append(RunRecord(event="end", run_id=run_id, time=now_iso(), seconds=round(time.time() - started, 3),
-                              exit_code=code, rendered=sum(s.rendered for s in stats.values()),
-                              failed=sum(s.failed for s in stats.values()),
-                              skipped=sum(s.skipped for s in stats.values()), interrupted=interrupted))
-    manifest.close()
-    return RunOutcome(code, stats, sink.failures, interrupted)
+    code = signals.exit_code if interrupted else (EXIT_FAILED if failed or sink.halt else EXIT_OK)
+    end = RunRecord(event="end", run_id=run_id, time=now_iso(), seconds=round(time.time() - started, 3),
+                    exit_code=code, rendered=sum(s.rendered for s in stats.values()),
+                    failed=sum(s.failed for s in stats.values()), skipped=sum(s.skipped for s in stats.values()),
+                    interrupted=interrupted)
+    if signals.received is not None:
+        end.signal = signals.received.name
+    if sink.halt is not None:
+        end.error = sink.halt
+    manifest.append(end)
+    return RunOutcome(code, stats, sink.failures, interrupted, error=sink.halt)

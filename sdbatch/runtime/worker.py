@@ -7,6 +7,8 @@ atomically and returning (or emitting) the manifest records. The driver alone ap
 
 from __future__ import annotations
 
+import errno
+import os
 import platform
 import time
 import traceback
@@ -39,18 +41,26 @@ class JobResult:
     records: list[OutputRecord] = field(default_factory=list)
     error: str | None = None
     seconds: float = 0.0
+    no_space: bool = False  # the error is a full disk (ENOSPC): the runner stops after a few in a row
 
 
 def software_versions() -> dict[str, str]:
+    """Installed versions, from package metadata (importing torch would slow a run that has nothing to do)."""
+    from importlib.metadata import PackageNotFoundError, version
+
     from .. import __version__
 
     versions = {"sdbatch": __version__, "python": platform.python_version()}
     for name in ("torch", "diffusers", "transformers"):
         try:
-            versions[name] = __import__(name).__version__
-        except Exception:  # noqa: BLE001
+            versions[name] = version(name)
+        except PackageNotFoundError:
             versions[name] = "unavailable"
     return versions
+
+
+def is_no_space(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def describe_error(exc: BaseException) -> str:
@@ -90,11 +100,13 @@ class PendingBatch:
         self.errors: dict[str, str] = {}
         self.records: dict[str, list[OutputRecord]] = {}
         self.stopped: set[str] = set()  # interrupted between frames: neither done nor failed
+        self.no_space: set[str] = set()  # failed for a full disk
 
     def merge(self, other: PendingBatch) -> None:
         self.futures.update(other.futures)
         self.errors.update(other.errors)
         self.stopped.update(other.stopped)
+        self.no_space.update(other.no_space)
         for job_id, records in other.records.items():
             self.records.setdefault(job_id, []).extend(records)
 
@@ -108,7 +120,8 @@ class PendingBatch:
             if job.job_id in self.stopped:
                 continue
             if job.job_id in self.errors:
-                out.append(JobResult(job.job_id, self.records.get(job.job_id, []), self.errors[job.job_id]))
+                out.append(JobResult(job.job_id, self.records.get(job.job_id, []), self.errors[job.job_id],
+                                     no_space=job.job_id in self.no_space))
                 continue
             try:
                 result = self.futures[job.job_id].result()
@@ -116,7 +129,7 @@ class PendingBatch:
                     result = JobResult(job.job_id, self.records[job.job_id] + result.records, None, result.seconds)
                 out.append(result)
             except Exception as exc:  # noqa: BLE001 - a failed write fails its job only
-                out.append(JobResult(job.job_id, [], describe_error(exc)))
+                out.append(JobResult(job.job_id, [], describe_error(exc), no_space=is_no_space(exc)))
         return out
 
 
@@ -168,6 +181,8 @@ class JobWorker:
             else:
                 for job in unfinished:
                     pending.errors[job.job_id] = describe_error(exc)
+                    if is_no_space(exc):
+                        pending.no_space.add(job.job_id)
         return pending
 
     def _writer(self) -> Any:
@@ -218,6 +233,8 @@ class JobWorker:
         else:
             record.sha256 = sha256_file(item.file)
             move_into_place(item.file, target)
+        st = os.stat(target)
+        record.size, record.mtime_ns = st.st_size, st.st_mtime_ns  # so a later change of the file is noticed
         if emit is not None:
             emit(record)
         return JobResult(item.job.job_id, [record], seconds=time.perf_counter() - start)
@@ -250,6 +267,4 @@ class JobWorker:
 
 
 def _debug() -> bool:
-    import os
-
     return os.environ.get("SDBATCH_DEBUG") == "1"

@@ -45,9 +45,10 @@ from collections import deque
 from typing import Annotated, Any, Iterator, Literal
 
 import numpy as np
-from pydantic import Field, StrictInt, field_validator, model_validator
+from pydantic import Field, StrictInt, model_validator
 
-from ..config.stage import REHEARSE_MAX_FRAMES, StageConfig
+from ..config.limits import MAX_SCHEDULE_WORK, schedule_work
+from ..config.stage import StageConfig
 from ..config.types import ColorMode, Fps, NonNegInt, Prompt, Schedule, StrictModel, Sweep
 from ..core.job import Job
 from .base import Rendered, StageContext
@@ -88,7 +89,7 @@ class AnimateStage(StageConfig):
     frames: Annotated[StrictInt, Field(gt=0, le=100_000)]
     fps: Fps = 15.0
     prompt: Sweep(Prompt) | None = None
-    prompts: dict[NonNegInt, str] | None = None
+    prompts: dict[NonNegInt, Prompt] | None = None
     init: str | None = None
     seed_behavior: Literal["iter", "fixed", "random", "ladder", "alternate"] = "iter"
     strength: Schedule = "0:(0.35)"
@@ -109,20 +110,20 @@ class AnimateStage(StageConfig):
             raise ValueError("'prompts' must not be empty")
         return self
 
-    @field_validator("seed")
-    @classmethod
-    def _seed_not_negative(cls, value: int | None) -> int | None:
-        if value is not None and value < 0:
-            raise ValueError("must be >= 0 for an animation (seed behaviours step from it)")
-        return value
-
     def plan_hook(self, planner: Any, fixed: dict[str, Any]) -> None:
-        """Evaluate every schedule over the animation's frames now, not at frame 3 at 3 a.m.; 3d: the depth model."""
+        """Evaluate every schedule over the animation's frames now, not at frame 3 at 3 a.m. (within a budget
+        for the whole recipe, so that validate stays fast); 3d: the depth model."""
         from ..animation.schedule import ScheduleError, evaluate_schedule
 
         named = [((key,), getattr(self, key)) for key in RENDER_SCHEDULES]
         named += [(("motion", key), text) for key, text in self.motion.model_dump().items()]
         for path, text in named:
+            work = schedule_work(text, self.frames)
+            if not planner.spend("schedules", work, MAX_SCHEDULE_WORK):
+                planner.problem_once("schedules", path, f"evaluating this schedule over {self.frames:,} frames "
+                                     f"is too much work ({work:,} units; all schedules of a recipe may take "
+                                     f"{MAX_SCHEDULE_WORK:,}): use fewer frames, keyframes or shorter expressions")
+                continue
             try:
                 values = evaluate_schedule(text, self.frames)
             except ScheduleError as exc:
@@ -137,8 +138,9 @@ class AnimateStage(StageConfig):
         else:
             fixed["depth_model"] = None
 
-    def rehearse_params(self, params: dict[str, Any]) -> None:
-        params["frames"] = min(params["frames"], REHEARSE_MAX_FRAMES)
+    def seed_span(self, params: dict[str, Any], frames: int | None) -> int:
+        slots = math.ceil(params["frames"] / params["cadence"])  # seeds step once per diffusion
+        return {"iter": slots - 1, "ladder": slots // 2 + 1, "alternate": 1}.get(params["seed_behavior"], 0)
 
 
 def render(jobs: list[Job], ctx: StageContext) -> Iterator[Rendered]:

@@ -45,16 +45,20 @@ class StageContext:
         return path if path.is_absolute() else self.base_dir / path
 
     def load_image(self, ref: InputRef, size: tuple[int, int] | None = None, mode: str = "RGB") -> LoadedInput:
-        """Read an input image (checked against its planned sha256), converted and resized to ``size``."""
-        from PIL import Image
+        """Read an input image (checked against its planned sha256), converted and resized to ``size``.
 
+        ``mode`` "mask" reads a mask (white = repaint; a non-opaque alpha channel is the mask); 16-bit and
+        float images are scaled to 8 bits, never clipped (:func:`sdbatch.config.images.to_mode`)."""
+        from ..config.images import pil_image, to_mode
+
+        Image = pil_image()  # noqa: N806 - the module, with sdbatch's pixel limit
         path = self.input_path(ref)
         digest = sha256_file(path)
         if ref.sha256 and digest != ref.sha256:
             raise RuntimeError(f"input {ref.path} changed since the plan was made (sha256 differs); re-run")
         with Image.open(path) as im:
             im.load()
-            image = im.convert(mode)
+            image = to_mode(im, mode)
         if size is not None and image.size != tuple(size):
             image = image.resize(tuple(size), Image.LANCZOS)
         return LoadedInput(ref.path, digest, image)

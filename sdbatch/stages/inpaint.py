@@ -1,5 +1,9 @@
 """``inpaint``: repaint the white area of a mask; everything outside the mask keeps the input's pixels.
 
+The mask is read as 8-bit grey (:func:`sdbatch.config.images.to_mode`, mode "mask"): a 16-bit mask is scaled
+(65535 = white), never clipped, and a mask whose alpha channel is not fully opaque is its alpha channel
+(opaque = repaint, transparent = keep). Pixels at 128 or more count as white.
+
 Diffusers' inpaint pipeline renders the job (``image``, ``mask_image``, ``strength``, CPU generator), then
 the input's own pixels are pasted back outside a feathered mask. The feather lies inside the mask
 (erode, then blur), so every pixel outside the mask is exactly the input's. Previews are pasted the same way.
@@ -19,7 +23,8 @@ from .diffusion import previews_for, run_pipeline
 
 
 class InpaintStage(ImageToImageConfig):
-    """inpaint: ``mask`` is one file, or a folder/glob matched to inputs by file stem (white = repaint)."""
+    """inpaint: ``mask`` is one file, or a folder/glob matched to inputs by file stem (white = repaint; 16-bit
+    masks are scaled; a mask with a non-opaque alpha channel is its alpha: opaque = repaint)."""
 
     type: Literal["inpaint"]
     mask: str
@@ -57,7 +62,7 @@ def render(jobs: list[Job], ctx: StageContext) -> Iterator[Rendered]:
     p = jobs[0].params
     size = (p.width, p.height)
     inits = [ctx.load_image(job.inputs[0], size) for job in jobs]
-    masks = [ctx.load_image(job.mask, size, mode="L") for job in jobs]  # type: ignore[arg-type]
+    masks = [ctx.load_image(job.mask, size, mode="mask") for job in jobs]  # type: ignore[arg-type]
     if p.strength == 0:
         for job, init, mask in zip(jobs, inits, masks):
             yield Rendered(job, job.output, init.image, input_hashes=[init.sha256, mask.sha256])

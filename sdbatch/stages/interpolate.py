@@ -24,7 +24,7 @@ from typing import Annotated, Any, Iterator, Literal
 from pydantic import Field, StrictInt, model_validator
 
 from ..config.stage import StageConfig
-from ..config.types import Fps, Prompt, Sweep
+from ..config.types import Fps, Prompt, Seed, Sweep
 from ..core.job import Job
 from .base import Rendered, StageContext
 from .diffusion import prompt_kwargs, run_pipeline
@@ -38,8 +38,8 @@ class InterpolateStage(StageConfig):
     PLANNED = StageConfig.PLANNED - {"seeds"}  # the seeds are the path: identity params, not a sweep
     type: Literal["interpolate"]
     prompt: Sweep(Prompt) | None = None
-    prompts: list[str] | None = None
-    seeds: Annotated[list[StrictInt], Field(min_length=2)]  # type: ignore[assignment]
+    prompts: list[Prompt] | None = None
+    seeds: Annotated[list[Seed], Field(min_length=2)]  # type: ignore[assignment]
     frames: Annotated[StrictInt, Field(ge=2, le=100_000)]
     fps: Fps = 12.0
 

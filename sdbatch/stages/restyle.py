@@ -36,7 +36,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
-from ..config.stage import ImageToImageConfig
+from ..config.stage import REHEARSE_MAX_FRAMES, ImageToImageConfig
 from ..config.types import ColorMode, NonNegInt, PosInt, Strength, StrictModel, Sweep
 from ..core.job import Job
 from ..io.hashing import sha256_file
@@ -74,6 +74,22 @@ class RestyleStage(ImageToImageConfig):
 
     def frame_range(self) -> tuple[int, int | None, int]:
         return self.start_frame, self.end_frame, self.every_nth_frame
+
+    def rehearse_params(self, params: dict[str, Any], source_frames: int | None) -> None:
+        """The first REHEARSE_MAX_FRAMES kept frames of the selected range (within the source's frames)."""
+        start, end, nth = params["start_frame"], params["end_frame"], params["every_nth_frame"]
+        stop = start + (REHEARSE_MAX_FRAMES - 1) * nth + 1
+        if source_frames is not None:  # an upstream video is rehearsed too: shorter than the real one
+            start = min(start, source_frames - 1)
+            stop = min(stop, source_frames, end if end is not None else source_frames)
+        params.update(start_frame=start, end_frame=min(stop, end) if end is not None else stop)
+
+    def output_frames(self, params: dict[str, Any], source_frames: int | None) -> int | None:
+        end = params["end_frame"] if params["end_frame"] is not None else source_frames
+        return None if end is None else len(range(params["start_frame"], end, params["every_nth_frame"]))
+
+    def seed_span(self, params: dict[str, Any], frames: int | None) -> int:
+        return max(0, (frames or 1) - 1) if params["seed_behavior"] == "iter" else 0
 
 
 class _Clock:

@@ -96,6 +96,8 @@ class LocalExecutor:
                 while in_flight and (in_flight[0].done() or len(in_flight) >= MAX_IN_FLIGHT
                                      or any(dep in unfinished for job in batch for dep in job.deps)):
                     settle(in_flight.popleft())
+                if sink.stop_requested():  # a result just settled may have stopped the run (a full disk)
+                    return
                 ready = []
                 for job in batch:
                     bad = [dep for dep in job.deps if dep in failed]
