@@ -17,15 +17,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..core.record import OutputRecord
+from ..io.hashing import sha256_file
 
 if TYPE_CHECKING:
     from ..core.plan import Plan
 
 
 def output_state(out_dir: Path, record: OutputRecord) -> str:
-    """``ok``, ``missing`` (no regular file there) or ``changed`` (its size or mtime differ from the record's)."""
+    """``ok``, ``missing`` (no regular file there) or ``changed`` (its size differs from the record's, or its
+    mtime does and so does its content: a folder copied without keeping times, or a touched file, is not
+    re-rendered)."""
+    path = out_dir / record.path
     try:
-        st = os.stat(out_dir / record.path)
+        st = os.stat(path)
     except (OSError, ValueError):
         return "missing"
     if not stat.S_ISREG(st.st_mode):
@@ -33,7 +37,11 @@ def output_state(out_dir: Path, record: OutputRecord) -> str:
     if record.size is not None and st.st_size != record.size:
         return "changed"
     if record.mtime_ns is not None and st.st_mtime_ns != record.mtime_ns:
-        return "changed"
+        try:
+            same = bool(record.sha256) and sha256_file(path) == record.sha256
+        except OSError:
+            return "missing"
+        return "ok" if same else "changed"
     return "ok"
 
 
