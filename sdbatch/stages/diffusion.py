@@ -49,13 +49,12 @@ def prompt_kwargs(pipe: Any, jobs: list[Job], ctx: StageContext, guidance: float
     import torch
 
     xl = name in SDXL_PIPELINES
-    device = pipe._execution_device
     cache = getattr(ctx.models, "cached_embedding", None)
 
     def embed(text: str) -> tuple:
-        def encode() -> tuple:
+        def encode() -> tuple:  # only on a cache miss: even finding the execution device walks every module
             with torch.no_grad():
-                out = pipe.encode_prompt(text, device=device, num_images_per_prompt=1,
+                out = pipe.encode_prompt(text, device=pipe._execution_device, num_images_per_prompt=1,
                                          do_classifier_free_guidance=False)
             return (out[0], out[2]) if xl else (out[0], None)
 
@@ -171,15 +170,21 @@ def run_pipeline(pipe: Any, jobs: list[Job], ctx: StageContext, previews: Previe
     (an animation frame's schedule value); each job gets a CPU generator seeded with its seed unless
     ``generator`` is given (a frame's own seed). ``task_kwargs`` are the task's own arguments (image,
     mask_image, strength, width, height, latents).
+
+    The call runs under ``torch.inference_mode()`` (diffusers' own ``no_grad`` plus no autograd bookkeeping at
+    all): the same pixels, measurably less overhead per call for small images.
     """
+    import torch
+
     params = jobs[0].params
     guidance = params.guidance if guidance is None else guidance
     prompt_args = embeds if embeds is not None else prompt_kwargs(pipe, jobs, ctx, guidance, prompts)
-    return pipe(
-        **prompt_args,
-        num_inference_steps=params.steps,
-        guidance_scale=guidance,
-        generator=generator if generator is not None else [ctx.generator(job.seed) for job in jobs],
-        **callback_kwargs(previews),
-        **task_kwargs,
-    ).images
+    with torch.inference_mode():
+        return pipe(
+            **prompt_args,
+            num_inference_steps=params.steps,
+            guidance_scale=guidance,
+            generator=generator if generator is not None else [ctx.generator(job.seed) for job in jobs],
+            **callback_kwargs(previews),
+            **task_kwargs,
+        ).images
