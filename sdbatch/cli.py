@@ -30,7 +30,9 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="render a recipe (resumes: renders only what is missing)")
     recipe_args(run)
-    run.add_argument("--out", type=Path, help="output folder (default: outputs/<name>)")
+    run.add_argument("--out", type=Path, help="output folder (default: outputs/<name> at the recipe's project root: "
+                     "the nearest folder above it holding .git, else its own folder; outputs/<name>-rehearsal "
+                     "with --rehearse)")
     run.add_argument("--rehearse", action="store_true",
                      help="tiny built-in models, CPU float32, <=64 px, few steps: prove the recipe in seconds")
     run.add_argument("--force", action="store_true", help="re-render every job")
@@ -44,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
 
     plan = sub.add_parser("plan", help="list the jobs with done/pending status")
     recipe_args(plan)
-    plan.add_argument("--out", type=Path, help="output folder (default: outputs/<name>)")
+    plan.add_argument("--out", type=Path, help="output folder (default: as for run)")
     plan.add_argument("--rehearse", action="store_true", help="plan the rehearsal instead")
     plan.add_argument("--json", action="store_true", help="print JSON")
 
@@ -89,7 +91,13 @@ def _load(args: argparse.Namespace, check_files: bool = True) -> Any:
 
 
 def _out_dir(args: argparse.Namespace, loaded: Any) -> Path:
-    return args.out if args.out else Path("outputs") / loaded.recipe.name
+    """``--out`` (relative to the current directory), else :func:`default_out_dir`."""
+    out = getattr(args, "out", None)
+    if out:
+        return out
+    from .io.outdir import default_out_dir
+
+    return default_out_dir(args.recipe, loaded.recipe.name, rehearse=bool(getattr(args, "rehearse", False)))
 
 
 def _plan(loaded: Any, out_dir: Path, rehearse: bool) -> Any:
@@ -104,7 +112,7 @@ def _plan(loaded: Any, out_dir: Path, rehearse: bool) -> Any:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     loaded = _load(args)
-    plan = _plan(loaded, Path("outputs") / loaded.recipe.name, rehearse=False)
+    plan = _plan(loaded, _out_dir(args, loaded), rehearse=False)
     counts = plan.counts()
     detail = ", ".join(f"{name}: {n}" for name, n in counts.items())
     print(f"{args.recipe}: OK: {len(counts)} stage(s), {len(plan.jobs)} job(s) ({detail})")
@@ -163,6 +171,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         except ImportError:
             raise UsageError('the ray executor needs Ray: pip install -e ".[ray]"') from None
     plan = _fetch_models(loaded, plan, out_dir, args.rehearse)  # a model that cannot be had: nothing is created
+    print(f"output: {out_dir.absolute()}", flush=True)
     with RunLock(out_dir):  # one run per output folder: a second one is refused at once
         return _run_locked(args, loaded, plan, out_dir, executor)
 

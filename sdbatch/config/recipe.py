@@ -87,8 +87,11 @@ class LoadedRecipe:
     @property
     def output_dirs(self) -> list[Path]:
         """Where this recipe's outputs go, which input globs never read: ``outputs/`` beside it, the default
-        output folder (``outputs/<name>`` in the working directory) and ``--out``."""
-        dirs = [self.base_dir / "outputs", Path("outputs") / self.recipe.name]
+        output folders (``outputs/<name>`` and ``outputs/<name>-rehearsal`` at the project root) and ``--out``."""
+        from ..io.outdir import default_out_dir
+
+        name = self.recipe.name
+        dirs = [self.base_dir / "outputs", default_out_dir(self.path, name), default_out_dir(self.path, name, True)]
         return dirs + [self.out_dir] if self.out_dir is not None else dirs
 
 

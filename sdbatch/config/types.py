@@ -43,9 +43,40 @@ NAME_PATTERN = r"^[A-Za-z0-9_-]+$"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 VIDEO_SUFFIXES = {".mp4", ".mov", ".webm", ".gif", ".mkv", ".avi", ".m4v"}
 
-SchedulerName = Literal[
+SCHEDULER_NAMES = (
     "default", "ddim", "euler", "euler-a", "dpmpp-2m", "dpmpp-2m-karras", "dpmpp-sde-karras",
     "unipc", "lms", "pndm", "heun", "lcm",
+)
+#: AUTOMATIC1111's sampler display names accepted as aliases of ours (the inverse of
+#: :data:`sdbatch.io.artifacts.SAMPLER_NAMES`); normalised to our name at validation, so a job's id is the same
+SCHEDULER_ALIASES = {
+    "DDIM": "ddim",
+    "Euler": "euler",
+    "Euler a": "euler-a",
+    "DPM++ 2M": "dpmpp-2m",
+    "DPM++ 2M Karras": "dpmpp-2m-karras",
+    "DPM++ SDE Karras": "dpmpp-sde-karras",
+    "UniPC": "unipc",
+    "LMS": "lms",
+    "PLMS": "pndm",
+    "Heun": "heun",
+    "LCM": "lcm",
+}
+
+
+def _scheduler_name(value: Any) -> Any:
+    return SCHEDULER_ALIASES.get(value, value) if isinstance(value, str) else value
+
+
+#: a scheduler: one of ours, or an A1111 sampler name (validated as ours; the schema's enum lists both)
+SchedulerName = Annotated[
+    Literal[
+        "default", "ddim", "euler", "euler-a", "dpmpp-2m", "dpmpp-2m-karras", "dpmpp-sde-karras",
+        "unipc", "lms", "pndm", "heun", "lcm",
+    ],
+    BeforeValidator(_scheduler_name),
+    WithJsonSchema({"enum": [*SCHEDULER_NAMES, *SCHEDULER_ALIASES], "type": "string",
+                    "description": "ours, or AUTOMATIC1111's sampler name (\"Euler a\", \"DPM++ 2M Karras\", ...)"}),
 ]
 DeviceName = Annotated[str, Field(pattern=r"^(auto|cpu|cuda|cuda:\d+|mps)$")]
 DtypeName = Literal["auto", "float16", "bfloat16", "float32"]
@@ -56,8 +87,15 @@ def _as_list(value: Any) -> Any:
     return value if isinstance(value, list) else [value]
 
 
-@cache
 def _item_schema(item: Any) -> dict:
+    try:
+        return _cached_item_schema(item)
+    except TypeError:  # unhashable metadata (WithJsonSchema holds a dict)
+        return TypeAdapter(item).json_schema()
+
+
+@cache
+def _cached_item_schema(item: Any) -> dict:
     return TypeAdapter(item).json_schema()
 
 
@@ -81,7 +119,13 @@ def multiple_of_8(value: int) -> int:
     return value
 
 
-Size = Annotated[StrictInt, Field(gt=0, le=limits.MAX_SIDE)]
+#: an image side: validated as the JSON schema says (``multipleOf: 8``), with our own message
+Size = Annotated[
+    StrictInt,
+    Field(gt=0, le=limits.MAX_SIDE),
+    AfterValidator(multiple_of_8),
+    WithJsonSchema({"type": "integer", "exclusiveMinimum": 0, "maximum": limits.MAX_SIDE, "multipleOf": 8}),
+]
 Strength = Annotated[float, Field(ge=0.0, le=1.0)]
 Steps = Annotated[StrictInt, Field(gt=0, le=10000)]
 Guidance = Annotated[float, Field(ge=0.0, le=100.0)]

@@ -64,7 +64,9 @@ class FrameInfo(_Model):
 
     index: int
     source_frame: int | None = None  # restyle: the frame of the input video
-    seed: int | None = None  # the frame's own seed (animate, restyle; interpolate at a path's ends)
+    seed: int | None = None  # the frame's own seed (animate, restyle; interpolate: its segment's start seed)
+    variation_seed: int | None = None  # interpolate between two seeds: the segment's end seed (A1111's name)
+    variation_strength: float | None = None  # ... and how far towards it the noise is slerped (t, 4 decimals)
     prompt: str | None = None  # the frame's own prompt (animate's prompt schedule, interpolate's nearer prompt)
     schedule: dict[str, float] | None = None  # animate: every schedule's value at this frame
     diffused: bool | None = None  # animate: diffused (a key frame), or only warped

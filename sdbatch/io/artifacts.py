@@ -117,42 +117,98 @@ def clean_temp_files(out_dir: Path) -> list[Path]:
 
 
 def a1111_parameters(record: dict[str, Any]) -> str:
-    """The AUTOMATIC1111 ``parameters`` text for an output record.
+    """The AUTOMATIC1111 ``parameters`` text for an output record, as A1111 1.9+ writes it (its PNG Info,
+    sd-parsers and Civitai read it back field by field).
 
-    Example: ``a wolf\\nNegative prompt: blurry\\nSteps: 25, Sampler: DPM++ 2M Karras, CFG scale: 7,
-    Seed: 1000, Size: 512x512, Model hash: 0123456789, Model: sd-turbo, Denoising strength: 0.8``
+    Example: ``a wolf\\nNegative prompt: blurry\\nSteps: 25, Sampler: DPM++ 2M, Schedule type: Karras,
+    CFG scale: 7, Seed: 1000, Size: 512x512, Model hash: 0123456789, Model: sd-turbo, Denoising strength: 0.8``
+
+    A video frame writes its own values: its prompt and seed, an animate frame's schedule values (never the
+    schedule's text), an interpolate frame between two seeds A1111's noise slerp (``Seed: <segment start>,
+    Variation seed: <segment end>, Variation seed strength: <t>``). Values holding ``,``, ``:``, ``"`` or a
+    newline are quoted as A1111 quotes them (JSON), so they read back whole.
     """
-    params = record.get("params", {})
+    params = record.get("params") if isinstance(record.get("params"), dict) else {}
     frame = record.get("frame") if isinstance(record.get("frame"), dict) else {}
     schedule = frame.get("schedule") if isinstance(frame.get("schedule"), dict) else {}
     lines = [frame.get("prompt") or record.get("prompt", "")]  # a video frame's own prompt and seed
     if record.get("negative_prompt"):
         lines.append(f"Negative prompt: {record['negative_prompt']}")
     scheduler = params.get("scheduler", "default")
-    sampler = record.get("sampler") or SAMPLER_NAMES.get(scheduler) or scheduler
-    model = record.get("model", {})
+    sampler, schedule_type = a1111_sampler(record.get("sampler") or SAMPLER_NAMES.get(scheduler) or scheduler)
+    model = record.get("model") if isinstance(record.get("model"), dict) else {}
+    model_id = str(model.get("id") or "")
+    seed = frame.get("seed") if frame.get("seed") is not None else record.get("seed")
+    variation_seed = frame.get("variation_seed")
     fields = [
         ("Steps", params.get("steps")),
         ("Sampler", sampler),
+        ("Schedule type", schedule_type),
         ("CFG scale", _num(schedule.get("guidance", params.get("guidance")))),
-        ("Seed", frame.get("seed", record.get("seed"))),
+        ("Seed", seed),
         ("Size", f"{params.get('width')}x{params.get('height')}"),
-        ("Model hash", (model.get("revision") or "")[:10]),
-        ("Model", Path(str(model.get("id", ""))).stem if model.get("id", "").endswith(".safetensors")
-         else str(model.get("id", "")).split("/")[-1]),
+        ("Model hash", str(model.get("revision") or "")[:10]),
+        ("Model", Path(model_id).stem if model_id.endswith(".safetensors") else model_id.split("/")[-1]),
+        ("Variation seed", variation_seed),
+        ("Variation seed strength", _strength(frame.get("variation_strength")) if variation_seed is not None
+         else None),
         ("Denoising strength", _num(schedule.get("strength", params.get("strength")))),
     ]
-    lines.append(", ".join(f"{k}: {v}" for k, v in fields if v is not None and v != ""))
+    lines.append(", ".join(f"{k}: {a1111_quote(v)}" for k, v in fields if v is not None and v != ""))
     return "\n".join(lines)
 
 
+# A1111's k-diffusion samplers, whose noise schedule its "Schedule type" field names (A1111 1.9+,
+# modules/sd_samplers_kdiffusion.py); its other samplers (DDIM, PLMS, UniPC) have none.
+_SCHEDULED_SAMPLERS = {"Euler a", "Euler", "LMS", "Heun", "DPM2", "DPM2 a", "DPM++ 2S a", "DPM++ 2M",
+                       "DPM++ SDE", "DPM++ 2M SDE", "DPM++ 3M SDE", "LCM"}
+# schedule suffixes of A1111's sampler names before 1.9 ("DPM++ 2M Karras"), by the label 1.9+ writes
+# (modules/sd_schedulers.py)
+_SCHEDULE_SUFFIXES = {"Karras": "Karras", "Exponential": "Exponential", "Polyexponential": "Polyexponential",
+                      "SGM Uniform": "SGM Uniform"}
+
+
+def a1111_sampler(name: Any) -> tuple[Any, str | None]:
+    """(Sampler, Schedule type) as A1111 1.9+ writes them: ``DPM++ 2M Karras`` -> (``DPM++ 2M``, ``Karras``);
+    a k-diffusion sampler without a schedule suffix samples diffusers' uniform timesteps: ``Uniform`` (A1111
+    would read "Automatic", the sampler's own default: Karras for DPM++ 2M); others: no schedule type."""
+    if not isinstance(name, str):
+        return name, None
+    for suffix, label in _SCHEDULE_SUFFIXES.items():
+        if name.endswith(" " + suffix) and name[: -len(suffix) - 1] in _SCHEDULED_SAMPLERS:
+            return name[: -len(suffix) - 1], label
+    return name, ("Uniform" if name in _SCHEDULED_SAMPLERS else None)
+
+
+def a1111_quote(value: Any) -> Any:
+    """A value as A1111's infotext writer quotes it (``modules/infotext_utils.py`` ``quote``): JSON when it
+    holds ``,``, ``:``, ``"`` or a newline (A1111 itself does not quote a lone ``"``; a value that starts and
+    ends with one would be unquoted on reading), else as it is."""
+    text = str(value)
+    if not any(ch in text for ch in ',:"\n'):
+        return value
+    return json.dumps(text, ensure_ascii=False)
+
+
 def _num(value: Any) -> Any:
-    """A number as A1111 writes it (7.0 -> 7); anything else (a schedule's text) is not a number: None."""
+    """A number as A1111 writes it (7.0 -> 7, 0.5250000000000001 -> 0.525); anything else (a schedule's
+    text) is not a number: None."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            return None
+        value = float(f"{value:.6g}")
+        if value.is_integer():
+            return int(value)
     return value
+
+
+def _strength(value: Any) -> Any:
+    """A variation seed strength: a number to 4 decimals."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return _num(round(float(value), 4))
 
 
 def png_bytes(image: Any, record: dict[str, Any]) -> bytes:

@@ -96,3 +96,18 @@ def holder(out: Path) -> str:
         return f"pid {int(data['pid'])}, since {str(data['since'])[:40]}"
     except (OSError, ValueError, KeyError, TypeError):
         return "pid unknown, since unknown"
+
+
+def project_root(recipe_file: str | Path) -> Path:
+    """The recipe's project root: the nearest folder above the recipe file holding ``.git`` (a folder, or a
+    file as in a git worktree), else the recipe's own folder. Absolute; never the current directory."""
+    folder = Path(recipe_file).absolute().parent
+    for candidate in (folder, *folder.parents):
+        if (candidate / ".git").exists():
+            return candidate
+    return folder
+
+
+def default_out_dir(recipe_file: str | Path, name: str, rehearse: bool = False) -> Path:
+    """``outputs/<name>`` (``outputs/<name>-rehearsal`` for ``--rehearse``) at the recipe's project root."""
+    return project_root(recipe_file) / "outputs" / (f"{name}-rehearsal" if rehearse else name)

@@ -164,6 +164,9 @@ def render_gallery(out_dir: Path) -> str:
     seeds = {r.path: r.seed for r in records}
     stages = [_stage(out_dir, stage, group, known, seeds) for stage, group in by_stage.items()]
     info = f"{sum(1 for r in records if not r.is_part)} output(s) in {len(stages)} stage(s)"
+    rehearsal = bool(run is not None and run.rehearse)  # the last run was --rehearse: say so in title and heading
+    if rehearsal:
+        info = "Rehearsal (--rehearse): tiny built-in models, not real images · " + info
     recipe = run.recipe.path if run is not None and run.recipe is not None else None
     if recipe:
         info += f" · recipe {recipe}"
@@ -173,7 +176,8 @@ def render_gallery(out_dir: Path) -> str:
     env = _environment()
     css = env.loader.get_source(env, "gallery.css")[0]
     return env.get_template("gallery.html").render(
-        title=f"sdbatch · {out_dir.resolve().name}", info=info, stages=stages, manifest=MANIFEST_NAME,
+        title=f"sdbatch · {out_dir.resolve().name}" + (" · rehearsal" if rehearsal else ""), info=info,
+        stages=stages, manifest=MANIFEST_NAME,
         css=Markup(css.strip("\n"))) + "\n"
 
 

@@ -164,6 +164,8 @@ def render_job(job: Job, ctx: StageContext) -> Iterator[Rendered]:
                                  "segment": [seeds[segment], seeds[segment + 1]], "t": t}
         if t in (0.0, 1.0):
             extra["seed"] = seeds[near]
+        else:  # A1111's noise slerp: Seed, Variation seed, Variation seed strength
+            extra.update(seed=seeds[segment], variation_seed=seeds[segment + 1], variation_strength=round(t, 4))
         if prompts:
             extra["prompt"] = prompts[near]
             extra["prompts"] = [prompts[segment], prompts[segment + 1]]
