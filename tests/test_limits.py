@@ -177,19 +177,20 @@ def test_the_largest_seeds_are_accepted(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------- schedules
-def test_a_schedule_too_costly_to_evaluate_is_refused_fast(tmp_path):
-    expr = "+".join(f"sin(t/{i + 1})" for i in range(40))
-    text = HEAD + f'stages:\n  - name: a\n    type: animate\n    prompt: x\n    frames: 100000\n    noise: "0:({expr})"\n'
-    result, seconds = validate(tmp_path, text)
-    refused(result, 7, "stages[0].noise: evaluating this schedule over 100,000 frames is too much work")
-    assert seconds < 2.5
+COSTLY = "+".join(f"sin(t/{i + 1})" for i in range(40))
+HUGE = ", ".join(f"{i}:({i % 7}.5)" for i in range(100_000))
 
 
-def test_a_schedule_too_long_to_compile_is_refused_fast(tmp_path):
-    keys = ", ".join(f"{i}:({i % 7}.5)" for i in range(100_000))
-    text = HEAD + f'stages:\n  - name: a\n    type: animate\n    prompt: x\n    frames: 10\n    motion:\n      zoom: "{keys}"\n'
+@pytest.mark.parametrize(("body", "line", "message"), [
+    (f'    frames: 100000\n    noise: "0:({COSTLY})"\n', 7,
+     "stages[0].noise: evaluating this schedule over 100,000 frames is too much work"),
+    (f'    frames: 10\n    motion:\n      zoom: "{HUGE}"\n', 8,
+     "stages[0].motion.zoom: schedule too large to check quickly (100,000 keyframes"),
+], ids=["too-costly-to-evaluate", "too-long-to-compile"])
+def test_a_schedule_too_costly_to_check_is_refused_fast(tmp_path, body, line, message):
+    text = HEAD + "stages:\n  - name: a\n    type: animate\n    prompt: x\n" + body
     result, seconds = validate(tmp_path, text)
-    refused(result, 8, "stages[0].motion.zoom: schedule too large to check quickly (100,000 keyframes")
+    refused(result, line, message)
     assert seconds < 2.5
 
 
