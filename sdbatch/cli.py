@@ -1,4 +1,4 @@
-"""``sdbatch``: run, validate, plan, schema, inspect, reproduce, verify.
+"""``sdbatch``: run, validate, plan, schema, inspect, reproduce, verify, prune.
 
 Exit codes: 0 all done, 1 some jobs failed (the rest finished), 2 invalid recipe or usage, 130 interrupted,
 143 terminated (SIGTERM), 129 hung up (SIGHUP).
@@ -40,6 +40,12 @@ def _parser() -> argparse.ArgumentParser:
                      help="render only this stage (and whatever upstream outputs it still lacks); repeatable")
     run.add_argument("--executor", choices=["local", "ray"], help="override the recipe's executor")
     run.add_argument("--workers", type=int, help="ray: number of workers (default: one per GPU, else CPUs)")
+    run.add_argument("--num-gpus", type=_amount, metavar="G", help="ray: GPUs per worker (default: recipe's ray.num_gpus, "
+                     "else 1 on a cluster with GPUs, else 0)")
+    run.add_argument("--num-cpus", type=_amount, metavar="C", help="ray: CPUs per worker (default: recipe's "
+                     "ray.num_cpus, else 1)")
+    run.add_argument("--worker-timeout", type=_seconds, metavar="SECONDS", help="ray: stop (exit 1) after this long "
+                     "without a live worker, e.g. every node lost (default 300)")
 
     validate = sub.add_parser("validate", help="check a recipe and count its jobs (no rendering)")
     recipe_args(validate)
@@ -66,7 +72,28 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--out", type=Path, help="output folder (default: outputs/<name> of the recipe)")
     verify.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a recipe value (as for run)")
+
+    prune = sub.add_parser("prune", help="delete the outputs of jobs the recipe no longer has (--dry-run: list them)")
+    recipe_args(prune)
+    prune.add_argument("--out", type=Path, help="output folder (default: as for run)")
+    prune.add_argument("--rehearse", action="store_true", help="prune the rehearsal's folder against its plan")
+    prune.add_argument("--dry-run", action="store_true", help="list what would be deleted; delete nothing")
     return parser
+
+
+def _amount(text: str, positive: bool = False) -> float:
+    """A finite number, at least 0 (``positive``: above 0)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (value > 0 if positive else value >= 0) or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be {'above' if positive else 'at least'} 0, got {text}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    return _amount(text, positive=True)
 
 
 def _positive(text: str) -> int:
@@ -100,12 +127,12 @@ def _out_dir(args: argparse.Namespace, loaded: Any) -> Path:
     return default_out_dir(args.recipe, loaded.recipe.name, rehearse=bool(getattr(args, "rehearse", False)))
 
 
-def _plan(loaded: Any, out_dir: Path, rehearse: bool) -> Any:
+def _plan(loaded: Any, out_dir: Path, rehearse: bool, seeds: Any = None) -> Any:
     from .core.plan import build_plan
     from .errors import RecipeError
 
-    try:
-        return build_plan(loaded, out_dir, rehearse=rehearse)
+    try:  # seeds: the random seeds (-1) of an earlier plan of this run (default: those stored in out_dir)
+        return build_plan(loaded, out_dir, rehearse=rehearse, seeds=seeds)
     except RecipeError as exc:
         raise UsageError(str(exc)) from None
 
@@ -129,10 +156,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
     check = check_outputs(plan, Manifest(out_dir / MANIFEST_NAME).outputs_by_job())  # missing/changed: pending
     done = check.done
     if args.json:
-        jobs = [job.to_json("done" if job.job_id in done else "pending") for job in plan.jobs]
+        from .core.record import plan_entries
+
+        jobs = plan_entries(plan.jobs, done)  # = job.to_json(status) of each, faster for 100,000 jobs
         for entry in jobs:
             if entry["job_id"] not in done and check.status(entry["job_id"])[1]:
                 entry["reason"] = check.status(entry["job_id"])[1]  # the recorded output is missing or changed
+            if entry["job_id"] in plan.random_seeds:  # a seed: -1, stored in out_dir or drawn for this plan only
+                entry["random_seed"] = plan.random_seeds[entry["job_id"]]
         # json.dumps uses the C encoder; json.dump to a stream does not
         sys.stdout.write(json.dumps({"recipe": str(args.recipe), "out": str(out_dir), "jobs": jobs},
                                     ensure_ascii=False) + "\n")
@@ -140,9 +171,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
     for job in plan.jobs:
         status, why = check.status(job.job_id)
         note = f"  (output {why} since recorded)" if why else ""
-        print(f"{status:8} {job.job_id[:8]}  {job.output}  seed={job.seed}  {json.dumps(job.params_json())}{note}")
+        seed = f"{job.seed} (random, {plan.random_seeds[job.job_id]})" if job.job_id in plan.random_seeds else job.seed
+        print(f"{status:8} {job.job_id[:8]}  {job.output}  seed={seed}  {json.dumps(job.params_json())}{note}")
     pending = sum(job.job_id not in done for job in plan.jobs)
     print(f"{len(plan.jobs)} job(s): {len(plan.jobs) - pending} done, {pending} pending -> {out_dir}")
+    if "provisional" in plan.random_seeds.values():
+        print("random seeds (-1) marked provisional are drawn for this plan only: the first run draws and stores "
+              "its own (random-seeds.json in the output folder)")
     return EXIT_OK
 
 
@@ -173,29 +208,38 @@ def cmd_run(args: argparse.Namespace) -> int:
     plan = _fetch_models(loaded, plan, out_dir, args.rehearse)  # a model that cannot be had: nothing is created
     print(f"output: {out_dir.absolute()}", flush=True)
     with RunLock(out_dir):  # one run per output folder: a second one is refused at once
+        if plan.seeds.commit():  # random seeds (-1) drawn now are stored; another run's stored first: theirs
+            plan = _plan(loaded, out_dir, args.rehearse, plan.seeds)
         return _run_locked(args, loaded, plan, out_dir, executor)
 
 
 def _run_locked(args: argparse.Namespace, loaded: Any, plan: Any, out_dir: Path, executor: str) -> int:
-    from .runtime.progress import Reporter
+    from .runtime.progress import Reporter, resume_command
     from .runtime.runner import run_plan
 
     reporter = Reporter()
     options = {"workers": args.workers} if args.workers is not None else {}
+    if executor == "ray":  # resources per worker: the flags win over the recipe's ray: {num_gpus, num_cpus}
+        ray = loaded.recipe.ray
+        options.update({"num_gpus": ray.num_gpus if args.num_gpus is None else args.num_gpus,
+                        "num_cpus": ray.num_cpus if args.num_cpus is None else args.num_cpus,
+                        "worker_timeout": args.worker_timeout})
     outcome = run_plan(loaded, plan, force=args.force, only=args.only, executor=executor,
                        executor_options=options, reporter=reporter)
+    resume = resume_command(getattr(args, "argv", None))  # the same command, never repeating --force
     if outcome.error:  # stopped early (a full disk, the folder gone): one line says why
         reporter.say(outcome.error)
+        reporter.summary(outcome, out_dir, resume)
         return outcome.exit_code
     try:
         from .reports.gallery import write_gallery
 
-        write_gallery(out_dir)
+        write_gallery(out_dir, current=plan.index)  # other jobs' outputs: "older outputs"
     except Exception as exc:  # noqa: BLE001 - a gallery problem must not fail a finished run
         reporter.say(f"Warning: could not write {out_dir / 'index.html'}: {exc}")
-    reporter.summary(outcome.stats, outcome.failures, out_dir)
     if outcome.interrupted:
-        reporter.say("Interrupted: finished outputs are kept; run the same command again to resume")
+        reporter.say("Interrupted: finished outputs are kept; the same command again (less --force) resumes")
+    reporter.summary(outcome, out_dir, resume)
     return outcome.exit_code
 
 
@@ -219,7 +263,7 @@ def _fetch_models(loaded: Any, plan: Any, out_dir: Path, rehearse: bool) -> Any:
             fetch_hub_model(model, pipeline=is_pipeline)
         except ModelUnavailable as exc:
             raise UsageError(f"error: {exc}") from None
-    return _plan(loaded, out_dir, rehearse)
+    return _plan(loaded, out_dir, rehearse, plan.seeds)  # the same random seeds (-1) as the first plan
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -243,6 +287,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return verify_outputs(out_dir)
 
 
+def cmd_prune(args: argparse.Namespace) -> int:
+    from .reports.prune import prune_outputs
+
+    loaded = _load(args)
+    out_dir = _out_dir(args, loaded)
+    plan = _plan(loaded, out_dir, rehearse=args.rehearse)  # a recipe that does not plan deletes nothing
+    return prune_outputs(plan, out_dir, dry_run=args.dry_run)
+
+
 COMMANDS = {
     "run": cmd_run,
     "validate": cmd_validate,
@@ -251,11 +304,13 @@ COMMANDS = {
     "inspect": cmd_inspect,
     "reproduce": cmd_reproduce,
     "verify": cmd_verify,
+    "prune": cmd_prune,
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # as typed: run's summary says how to resume
     try:
         return COMMANDS[args.command](args)
     except UsageError as exc:
@@ -263,6 +318,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("Interrupted", file=sys.stderr)
+        if args.command == "run":
+            from .runtime.progress import resume_command
+
+            print(f"resume: {resume_command(args.argv)}", flush=True)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -17,7 +17,25 @@ class UsageError(Exception):
 
 
 class ModelUnavailable(RuntimeError):
-    """A model that cannot be fetched or loaded; the message is one line for the user."""
+    """A model that cannot be fetched or loaded. ``str()`` is one whole line saying why (``reason``), then an
+    indented line per hint (what to do, the underlying error); ``case`` names the kind of failure (for a hub
+    model: offline, network, gated, not_found, revision, not_pipeline, http, other; see
+    :mod:`sdbatch.sources.hub_errors`)."""
+
+    def __init__(self, reason: str, *, case: str = "other", hints: list[str] | tuple[str, ...] = ()):
+        super().__init__("\n".join([reason, *(f"  {hint}" for hint in hints)]))
+        self.reason, self.case, self.hints = reason, case, list(hints)
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    """``text`` with its whitespace collapsed to single spaces; past ``limit`` characters it is shortened at a
+    word boundary and ends with "...", never mid-word."""
+    text = " ".join(text.split())
+    if len(text) <= limit:
+        return text
+    cut = text[:limit - 3]
+    space = cut.rfind(" ")
+    return cut[:space].rstrip(" ,;:") + "..." if space > 0 else text  # one huge word: kept whole
 
 
 @dataclass
@@ -27,6 +45,7 @@ class Problem:
     line: int
     path: str
     message: str
+    file: str | None = None  # the file the line is in, when not the recipe (a prompt file, a rows table)
 
 
 @dataclass
@@ -39,6 +58,7 @@ class RecipeError(Exception):
     def __str__(self) -> str:
         lines = []
         for p in self.problems:
-            where = f"{self.file}:{p.line}" if p.line else self.file
+            file = p.file or self.file
+            where = f"{file}:{p.line}" if p.line else file
             lines.append(f"{where}: {p.path}: {p.message}" if p.path else f"{where}: {p.message}")
         return "\n".join(lines)

@@ -47,6 +47,10 @@ ALTERNATIVES = {
     "input": "chain.yaml",  # replaced per type below
     "mask": "masks/moon-copy.png",
     "loras": [{"path": "lora.safetensors", "weight": 0.5}],
+    "embeddings": [{"path": "lora.safetensors", "token": "zzemb"}],  # hashed by content, never loaded to plan
+    "clip_skip": 2,
+    "prompt_syntax": "plain",
+    "wildcards": "combinatorial",
     "vae": "sdbatch/tiny-sdxl",
     "seed_behavior": "iter",
     "every_nth_frame": 2,
@@ -81,6 +85,9 @@ CONDITIONAL = {
     ("animate", "depth_model"): {"mode": "3d"},  # the depth model of a 2d animation is never loaded
     ("*", "pipeline_config"): None,  # configs of a single-file model: checked in test_model_sources
     ("animate", "prompt"): {"prompts": None},
+    ("*", "prompt_syntax"): {"prompt": "a (lighthouse:1.2)"},  # a prompt without A1111 syntax reads the same
+    ("*", "wildcards"): {"prompt": "a {red|green|blue} lighthouse"},  # a prompt without templates: the same jobs
+    ("*", "rows"): None,  # a table's rows are the jobs: checked in test_prompt_rows
 }
 RUNTIME_VALUES = {
     "device": "cpu", "batch_size": 4, "attention": "sdpa", "channels_last": True, "compile": True,

@@ -178,3 +178,37 @@ def test_interpolate_rehearsal_frames_read_back(tmp_path):
         assert str(frame["seed"]) == seed
         assert frame.get("variation_seed") == (int(variation) if variation else None)
         assert frame.get("variation_strength") == (float(strength) if strength else None)
+
+
+@pytest.mark.parametrize("config, sampler, schedule_type", [
+    ({"_class_name": "DPMSolverMultistepScheduler", "use_karras_sigmas": True}, "DPM++ 2M", "Karras"),
+    ({"_class_name": "DPMSolverMultistepScheduler", "algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True},
+     "DPM++ 2M SDE", "Karras"),
+    ({"_class_name": "EulerDiscreteScheduler"}, "Euler", "Uniform"),
+    ({"_class_name": "DDIMScheduler"}, "DDIM", None),
+])
+def test_default_scheduler_names_the_models_own_schedule(tmp_path, tiny_sd_folder, config, sampler, schedule_type):
+    """``scheduler: default`` on a model whose scheduler config uses Karras sigmas writes ``Schedule type: Karras``
+    (A1111 would otherwise read a different sampler from the same file)."""
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_sd_folder, model)
+    path = model / "scheduler" / "scheduler_config.json"
+    base = json.loads(path.read_text())
+    base = {k: v for k, v in base.items() if k not in ("use_karras_sigmas", "algorithm_type")}
+    path.write_text(json.dumps({**base, **config}))
+    index = json.loads((model / "model_index.json").read_text())
+    index["scheduler"] = ["diffusers", config["_class_name"]]  # the class from_pretrained builds
+    (model / "model_index.json").write_text(json.dumps(index))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"model: {model}\ndefaults: {{steps: 2, width: 32, height: 32}}\n"
+                      "stages:\n  - name: a\n    type: generate\n    prompt: a fox\n    seed: 3\n")
+    out = tmp_path / "out"
+    result = run_cli("run", recipe, "--out", out)
+    assert result.returncode == 0, result.stderr
+    [rec] = manifest_records(out, "output")
+    with Image.open(out / rec["path"]) as im:
+        res = parse_generation_parameters(im.text["parameters"])
+    assert res["Sampler"] == sampler
+    assert res.get("Schedule type") == schedule_type

@@ -149,7 +149,6 @@ def test_lone_surrogate_from_the_command_line_is_refused(tmp_path):
 
 # ------------------------------------------------------------------------------------------- seeds
 @pytest.mark.parametrize("text,line,fragment", [
-    (STAGE + "    prompt: x\n    seed: -1\n", 6, "stages[0].seed: -1 (a random seed) is not supported yet"),
     (STAGE + "    prompt: x\n    seed: -7\n", 6, "stages[0].seed: -7 is outside the seeds 0..2^64-1"),
     (STAGE + f"    prompt: x\n    seed: {MAX_SEED + 1}\n", 6, "stages[0].seed: 18,446,744,073,709,551,616 is outside"),
     (STAGE + f"    prompt: x\n    seed: {10**40}\n", 6, "stages[0].seed: a 41-digit number is outside"),
@@ -157,8 +156,8 @@ def test_lone_surrogate_from_the_command_line_is_refused(tmp_path):
     (STAGE + "    prompt: x\n    seeds: {start: -3, count: 2}\n", 6, "stages[0].seeds.start: -3 is outside"),
     (STAGE + f"    prompt: x\n    seeds: {{start: {MAX_SEED - 5}, count: 10}}\n", 6,
      "stages[0].seeds: the range's last seed 18,446,744,073,709,551,619 is outside"),
-    ("stages:\n  - {name: a, type: interpolate, prompt: x, frames: 4, seeds: [0, -1]}\n", 3,
-     "stages[0].seeds[1]: -1 (a random seed)"),
+    ("stages:\n  - {name: a, type: interpolate, prompt: x, frames: 4, seeds: [0, -2]}\n", 3,
+     "stages[0].seeds[1]: -2 is outside the seeds 0..2^64-1 (18,446,744,073,709,551,615); -1 draws a random seed"),
     ("stages:\n  - {name: a, type: animate, prompt: x, frames: 4, seed: -2}\n", 3, "stages[0].seed: -2 is outside"),
     (f"stages:\n  - {{name: a, type: animate, prompt: x, frames: 10, seed: {MAX_SEED - 3}}}\n", 3,
      "stages[0].seed: seed 18446744073709551612 + 9 for the frames after the first is past the largest seed"),

@@ -195,14 +195,17 @@ def check_files(loaded: LoadedRecipe) -> list[Problem]:
                         problems.append(Problem(line, f"stages[{i}].mask",
                                                 f"no mask with the stem of input {missing[0]!r}"
                                                 + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")))
-        model = stage.model or recipe.model
-        if model:
-            problem = check_model_spec(model, base, allow_pickle=recipe.allow_pickle)
-            if problem:
-                where = ("stages", i, "model") if stage.model and ("stages", i, "model") in loaded.lines else ("model",)
-                problems.append(Problem(_line(loaded, *where), format_path(where), problem))
-        problems.extend(_check_sources(loaded, i, stage))
-    return problems
+        # each config the stage stands for (a row, a sweep of model / LoRAs / VAE), each problem once
+        for config in (loaded.expansions.configs(stage) if loaded.expansions else [stage]):
+            model = config.model or recipe.model
+            if model:
+                problem = check_model_spec(model, base, allow_pickle=recipe.allow_pickle)
+                if problem:
+                    where = ("stages", i, "model") if config.model and ("stages", i, "model") in loaded.lines \
+                        else ("model",)
+                    problems.append(Problem(_line(loaded, *where), format_path(where), problem))
+            problems.extend(p for p in _check_sources(loaded, i, config) if p not in problems)
+    return list({(p.line, p.path, p.message, p.file): p for p in problems}.values())
 
 
 def _where(loaded: LoadedRecipe, i: int, *path: Any) -> tuple[int, str]:
@@ -216,13 +219,18 @@ def _where(loaded: LoadedRecipe, i: int, *path: Any) -> tuple[int, str]:
 
 
 def _check_sources(loaded: LoadedRecipe, i: int, stage: StageConfig) -> list[Problem]:
-    """LoRA files, VAE and pipeline config of stage ``i``."""
+    """LoRA and embedding files, VAE and pipeline config of stage ``i``."""
     recipe, base = loaded.recipe, loaded.base_dir
     problems = []
     for j, lora in enumerate(stage.loras or []):
         problem = check_weights_file(lora.path, base, recipe.allow_pickle, "LoRA")
         if problem:
             line, shown = _where(loaded, i, "loras", j, "path")
+            problems.append(Problem(line, shown, problem))
+    for j, embedding in enumerate(stage.embeddings or []):  # textual inversion: the LoRAs' pickle policy
+        problem = check_weights_file(embedding.path, base, recipe.allow_pickle, "embedding")
+        if problem:
+            line, shown = _where(loaded, i, "embeddings", j, "path")
             problems.append(Problem(line, shown, problem))
     if stage.vae:
         problem = check_vae_spec(stage.vae, base, recipe.allow_pickle)

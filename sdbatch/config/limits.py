@@ -35,10 +35,9 @@ _TOKEN = re.compile(r"[A-Za-z_]\w*|(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]
 
 
 def check_seed(value: int, what: str = "") -> int:
-    """``value`` if it is a seed (0..2**64-1); else ValueError naming the range (and ``-1``'s status)."""
+    """``value`` if it is a seed (0..2**64-1); else ValueError naming the range. (A recipe's ``-1``, a random
+    seed, is accepted before this by :func:`sdbatch.config.types.recipe_seed`; a record's seed never is -1.)"""
     subject = f"{what} " if what else ""
-    if value == -1:
-        raise ValueError("-1 (a random seed) is not supported yet; give a seed in 0..2^64-1")
     if not 0 <= value <= MAX_SEED:
         shown = f"{value:,}" if abs(value) < 10**30 else f"a {len(str(abs(value)))}-digit number"
         raise ValueError(f"{subject}{shown} is outside the seeds 0..2^64-1 ({MAX_SEED:,})")

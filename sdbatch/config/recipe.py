@@ -27,10 +27,20 @@ from ..errors import Problem, RecipeError
 from ..stages import STAGE_MODULES, stage_configs
 from . import checks
 from .errors import pydantic_problems
+from .expansions import Expansions
 from .limits import MAX_JOBS
 from .stage import Defaults, StageConfig
 from .types import NAME_PATTERN, DeviceName, DtypeName, StrictModel
+from .variants import sweepable_schema
 from .yamlio import YamlError, load_yaml
+
+
+class RayOptions(StrictModel):
+    """``ray:`` what each Ray worker asks its node for (``--num-gpus`` / ``--num-cpus`` win). Not part of any
+    job's id. Default: 1 GPU on a cluster with GPUs (else none) and 1 CPU."""
+
+    num_gpus: Annotated[float, Field(ge=0, description="GPUs per Ray worker (fractions share a GPU)")] | None = None
+    num_cpus: Annotated[float, Field(ge=0, description="CPUs per Ray worker")] | None = None
 
 
 class RecipeBase(StrictModel):
@@ -41,6 +51,7 @@ class RecipeBase(StrictModel):
     device: DeviceName = "auto"
     dtype: DtypeName = "auto"
     executor: Literal["local", "ray"] = "local"
+    ray: RayOptions = RayOptions()  # --executor ray: resources per worker
     pipeline_config: str | None = None  # for a single-file top-level model (a stage's own value wins)
     allow_pickle: StrictBool = False  # load pickle checkpoints (.ckpt/.pt/.pth/.bin): they can run code
     defaults: Defaults = Defaults()
@@ -79,6 +90,7 @@ class LoadedRecipe:
     lines: dict[tuple, int]
     out_dir: Path | None = None  # ``--out``, when given
     max_jobs: int = MAX_JOBS  # ``--max-jobs``
+    expansions: Expansions | None = None  # prompt files, wildcards, rows and scalar sweeps
 
     @property
     def base_dir(self) -> Path:
@@ -108,7 +120,10 @@ def _merge_defaults(raw: dict) -> dict[tuple, tuple]:
         model = stage_configs().get(stage.get("type"))  # type: ignore[arg-type]
         if model is None:
             continue
+        own_seeds = "seed" in stage or "seeds" in stage  # a stage's own seed(s) win over either form in defaults
         for key, value in defaults.items():
+            if key in ("seed", "seeds") and own_seeds:
+                continue
             if key in model.model_fields and key not in stage and key not in ("name", "type"):
                 stage[key] = value
                 origins[("stages", i, key)] = ("defaults", key)
@@ -168,13 +183,18 @@ def parse_recipe(text: str, path: Path, overrides: list[str] | None = None) -> L
     if problems:
         raise RecipeError(file, problems)
     raw.setdefault("name", path.stem)
+    expansions, problems = Expansions.read_files(raw, lines, path)  # prompt: {file: ...}
     origins = _merge_defaults(raw)
+    problems += expansions.pull(raw, lines, path, origins, stage_configs())  # rows:, scalar sweeps
     try:
         recipe = recipe_model().model_validate(raw)
     except ValidationError as exc:
-        raise RecipeError(file, pydantic_problems(exc, lines, origins, tuple(stage_configs()),
-                                                  model=recipe_model())) from None
-    loaded = LoadedRecipe(recipe, path, text, lines)
+        raise RecipeError(file, problems + expansions.own(pydantic_problems(
+            exc, lines, origins, tuple(stage_configs()), model=recipe_model()))) from None
+    problems += expansions.check(recipe, lines, tuple(stage_configs()))  # wildcards, rows, sweeps' values
+    if problems:
+        raise RecipeError(file, problems)
+    loaded = LoadedRecipe(recipe, path, text, lines, expansions=expansions)
     problems = checks.check_graph(loaded)
     if problems:
         raise RecipeError(file, problems)
@@ -211,4 +231,5 @@ def recipe_json_schema() -> dict[str, Any]:
     schema["title"] = "sdbatch recipe"
     # `name` defaults to the file's stem
     schema["required"] = [key for key in schema.get("required", []) if key != "name"]
-    return schema
+    runtime = {name for config in stage_configs().values() for name in config.runtime_fields()}
+    return sweepable_schema(schema, runtime, keep={"RayOptions", "SeedRange"})  # width: [512, 768] sweeps

@@ -11,19 +11,23 @@ every other field is copied into each job's params, and so into its id.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, StrictBool, StrictInt, field_validator, model_validator
 
 from .types import (
     NAME_PATTERN,
+    RANDOM_SEED,
     RUNTIME,
+    ClipSkip,
     DeviceName,
     DtypeName,
+    Embedding,
     Guidance,
     LoraItem,
     Prompt,
+    PromptSyntax,
     SchedulerName,
     Seed,
     SeedRange,
@@ -78,11 +82,18 @@ class StageParams(StrictModel):
     tf32: Annotated[StrictBool | None, RUNTIME] = None
     # model sources (part of a job's identity, by content)
     loras: list[LoraItem] | None = None
+    embeddings: list[Embedding] | None = None  # textual inversion (by content, like LoRAs)
     vae: str | None = None  # AutoencoderKL: diffusers folder, hub id, or .safetensors file
     pipeline_config: str | None = None  # configs for a single-file model: folder / hub id / built-in
+    # wildcard templates ({a|b}, __name__) in prompts: a prompt drawn per job from its seed, or every expansion
+    # swept (the expanded prompt is a job's identity; see sdbatch.config.wildcards)
+    wildcards: Literal["random", "combinatorial"] | None = None
     # still-image stages: save the decoded image every N denoising steps under <stage>/previews/
     # (extra files; not part of a job's identity)
     previews: Annotated[Annotated[StrictInt, Field(ge=1, le=10000)] | None, RUNTIME] = None
+    # how prompts are read (identity: a job's params carry them only where they change its encoding)
+    prompt_syntax: PromptSyntax | None = None  # a1111 (default): A1111's (x:1.2), [x], BREAK; plain: literal
+    clip_skip: ClipSkip | None = None  # A1111's Clip skip (1 = none); diffusers' clip_skip is this - 1
 
     @field_validator("width", "height")
     @classmethod
@@ -107,6 +118,9 @@ class StageConfig(StageParams):
     """The base of every stage type's config model, with the planner's hooks (defaults for image stages)."""
 
     name: Annotated[str, Field(pattern=NAME_PATTERN, max_length=64)]
+    #: a table of stage parameters (.csv, .jsonl, .yaml beside the recipe): one config per row (see
+    #: sdbatch.config.rows); the rows' values are identity, the table's name is not
+    rows: Annotated[str, Field(min_length=1)] | None = None
 
     #: parameters a list sweeps (cartesian product) for this stage type
     SWEEPS: ClassVar[tuple[str, ...]] = ("prompt", "negative_prompt", "steps", "guidance", "scheduler")
@@ -119,7 +133,8 @@ class StageConfig(StageParams):
     #: fields the planner turns into a job's stage, model, inputs, prompt, seeds and size (identity too)
     PLANNED: ClassVar[frozenset[str]] = frozenset({
         "name", "type", "model", "dtype", "prompt", "negative_prompt", "seed", "seeds", "input", "mask",
-        "width", "height", "loras", "vae", "pipeline_config",
+        "width", "height", "loras", "vae", "pipeline_config", "embeddings",
+        "wildcards", "rows",
     })
     #: identity params left out of a job's params (and id) when None, so ids stay those of older versions
     OMIT_IF_NONE: ClassVar[frozenset[str]] = frozenset()
@@ -151,6 +166,32 @@ class StageConfig(StageParams):
         if self.seeds is not None:
             return list(dict.fromkeys(self.seeds))
         return None
+
+    def random_seeds(self) -> list[tuple[str, int]]:
+        """(key, count) of each ``-1`` (a random seed) the stage names, keyed by stage name and place:
+        ``<stage>/seed``, ``<stage>/seeds/<i>`` (position ``i`` of a list), ``<stage>/seeds/start`` (a
+        ``{start: -1, count: N}`` range: a random start, ``count`` consecutive seeds). The key is what the
+        output folder's seed store remembers the drawn seed by (:mod:`sdbatch.io.seedstore`)."""
+        if self.seed == RANDOM_SEED:
+            return [(f"{self.name}/seed", 1)]
+        if isinstance(self.seeds, SeedRange):
+            return [(f"{self.name}/seeds/start", self.seeds.count)] if self.seeds.start == RANDOM_SEED else []
+        return [(f"{self.name}/seeds/{i}", 1) for i, seed in enumerate(self.seeds or ()) if seed == RANDOM_SEED]
+
+    def with_random_seeds(self, draw: Callable[[str, int], int]) -> StageConfig:
+        """The stage with each ``-1`` replaced by ``draw(key, count)`` (see :meth:`random_seeds`); itself when it
+        names none. Every hook then sees real seeds: a video stage's frames, an interpolate path, job ids."""
+        slots = self.random_seeds()
+        if not slots:
+            return self
+        if self.seed == RANDOM_SEED:
+            return self.model_copy(update={"seed": draw(*slots[0])})
+        if isinstance(self.seeds, SeedRange):
+            return self.model_copy(update={"seeds": self.seeds.model_copy(update={"start": draw(*slots[0])})})
+        seeds = list(self.seeds or ())
+        for key, count in slots:
+            seeds[int(key.rpartition("/")[2])] = draw(key, count)
+        return self.model_copy(update={"seeds": seeds})
 
     def frame_range(self) -> tuple[int, int | None, int]:
         """(start, end, every nth) of the source frames a video-reading stage keeps."""

@@ -105,12 +105,21 @@ def Sweep(item: Any) -> Any:  # noqa: N802 - reads like a type
     Validated as a non-empty list; the JSON schema accepts either form.
     """
     schema = _item_schema(item)
+    forms = [schema, {"type": "array", "items": schema, "minItems": 1}]
+    if item is Prompt:  # prompts may also come from a file, read before validation (sdbatch.config.promptfile)
+        forms.append(PROMPT_FILE_SCHEMA)
     return Annotated[
         list[item],
         BeforeValidator(_as_list),
         Field(min_length=1),
-        WithJsonSchema({"anyOf": [schema, {"type": "array", "items": schema, "minItems": 1}]}),
+        WithJsonSchema({"anyOf": forms}),
     ]
+
+
+#: ``prompt: {file: prompts.txt}``: one prompt a line ('#' comments, blank lines skipped), a sweep
+PROMPT_FILE_SCHEMA = {"type": "object", "properties": {"file": {"type": "string", "minLength": 1}},
+                      "required": ["file"], "additionalProperties": False,
+                      "description": "a file of prompts beside the recipe, one a line ('#' comments): a sweep"}
 
 
 def multiple_of_8(value: int) -> int:
@@ -132,11 +141,30 @@ Guidance = Annotated[float, Field(ge=0.0, le=100.0)]
 #: a prompt or negative prompt: at most MAX_PROMPT_CHARS characters (lone surrogates are refused for every
 #: string of a recipe, see :func:`sdbatch.config.checks.check_text`)
 Prompt = Annotated[str, Field(max_length=limits.MAX_PROMPT_CHARS)]
-#: a seed: what ``torch.Generator.manual_seed`` takes, 0..2**64-1 (``-1`` is refused with its own message)
+#: ``-1`` as a recipe's seed: a random seed, as in AUTOMATIC1111 (drawn once per output folder and stored
+#: there, see :mod:`sdbatch.io.seedstore`)
+RANDOM_SEED = -1
+#: random seeds are drawn in AUTOMATIC1111's range, 0..2**32-1 (a ``{start: -1, count: N}`` range ends there too)
+RANDOM_SEED_MAX = 2**32 - 1
+
+
+def recipe_seed(value: int) -> int:
+    """A recipe's seed: one ``torch.Generator.manual_seed`` takes (0..2**64-1), or ``-1`` for a random one."""
+    if value == RANDOM_SEED:
+        return value
+    try:
+        return limits.check_seed(value)
+    except ValueError as exc:
+        raise ValueError(f"{exc}; -1 draws a random seed") from None
+
+
+#: a seed: what ``torch.Generator.manual_seed`` takes, 0..2**64-1, or ``-1``: a random seed
 Seed = Annotated[
     StrictInt,
-    AfterValidator(limits.check_seed),
-    WithJsonSchema({"type": "integer", "minimum": 0, "maximum": limits.MAX_SEED}),
+    AfterValidator(recipe_seed),
+    WithJsonSchema({"type": "integer", "minimum": RANDOM_SEED, "maximum": limits.MAX_SEED,
+                    "description": "0..2^64-1, or -1: a random seed (AUTOMATIC1111's), drawn on the first run "
+                                   "and kept in the output folder's random-seeds.json"}),
 ]
 
 
@@ -145,14 +173,16 @@ class StrictModel(BaseModel):
 
 
 class SeedRange(StrictModel):
-    """``seeds: {start: 0, count: 100}`` is seeds 0..99."""
+    """``seeds: {start: 0, count: 100}`` is seeds 0..99; ``{start: -1, count: 4}`` four consecutive seeds from a
+    random start (AUTOMATIC1111's batch), all within 0..2**32-1."""
 
     start: Seed = 0
     count: Annotated[StrictInt, Field(gt=0, le=10_000_000)]
 
     @model_validator(mode="after")
     def _last_seed(self) -> SeedRange:
-        limits.check_seed(self.start + self.count - 1, what="the range's last seed")
+        if self.start != RANDOM_SEED:
+            limits.check_seed(self.start + self.count - 1, what="the range's last seed")
         return self
 
 
@@ -176,6 +206,29 @@ LoraItem = Annotated[
     BeforeValidator(_lora_shorthand),
     WithJsonSchema({"anyOf": [{"type": "string", "description": "a LoRA file (weight 1.0)"}, _item_schema(Lora)]}),
 ]
+
+
+class Embedding(StrictModel):
+    """``embeddings: [{path: embeddings/easynegative.safetensors, token: easynegative}]``: textual inversion.
+
+    ``path`` is the embedding file relative to the recipe file (.safetensors; .pt/.bin need ``allow_pickle:
+    true``); ``token`` the word a prompt uses for it (default: the file's stem, as A1111 names embeddings).
+    Its sha256 and token are part of a job's identity.
+    """
+
+    path: Annotated[str, Field(min_length=1)]
+    token: Annotated[str, Field(pattern=r"^[^\s()\[\]\\:,]+$", max_length=100)] | None = None
+
+    @property
+    def name(self) -> str:
+        from pathlib import PurePath
+
+        return self.token or PurePath(self.path).stem
+
+
+#: A1111's "Clip skip": 1 uses the text encoder's last layer (no skip), 2 the one before it, ...
+ClipSkip = Annotated[StrictInt, Field(ge=1, le=12)]
+PromptSyntax = Literal["a1111", "plain"]
 
 
 # ------------------------------------------------------------------------------- stage parameters

@@ -118,7 +118,7 @@ class Inputs:
 
     def model_sources(self, stage: StageConfig, model: ModelRef, pipeline_config: str | None,
                       fixed: dict[str, Any]) -> dict[str, ModelRef]:
-        """LoRAs, VAE override and single-file pipeline config: into ``fixed`` (identity) and aux models."""
+        """LoRAs, embeddings, VAE override and single-file pipeline config: into ``fixed`` (identity) and aux models."""
         aux: dict[str, ModelRef] = {}
         if stage.loras:
             fixed["loras"] = []
@@ -126,6 +126,12 @@ class Inputs:
                 ref = self.weights_file(lora.path)
                 aux[f"lora:{ref.revision}"] = ref
                 fixed["loras"].append({"path": lora.path, "sha256": ref.revision, "weight": float(lora.weight)})
+        if stage.embeddings:  # textual inversion: like LoRAs, by content
+            fixed["embeddings"] = []
+            for embedding in stage.embeddings:
+                ref = self.weights_file(embedding.path)
+                aux[f"embedding:{ref.revision}"] = ref
+                fixed["embeddings"].append({"path": embedding.path, "token": embedding.name, "sha256": ref.revision})
         if stage.vae:
             aux["vae"] = self.model(stage.vae, key="vae", rehearse=False)
             fixed["vae"] = aux["vae"].identity()

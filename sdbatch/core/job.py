@@ -55,6 +55,8 @@ class Job:
     mask: InputRef | None = None
     options: Any = None  # RunOptions (sdbatch.core.params): runtime options, not part of the id
     aux_models: dict[str, ModelRef] = field(default_factory=dict)  # e.g. {"depth": ...} (in params by identity)
+    prompt_template: str | None = None  # the wildcard template the prompt was expanded from (not identity)
+    negative_prompt_template: str | None = None
 
     @property
     def deps(self) -> list[str]:

@@ -27,6 +27,15 @@ class LoraRef(BaseModel):
     weight: float
 
 
+class EmbeddingRef(BaseModel):
+    """A textual-inversion embedding as a job uses it: the file as written, the token prompts use, its hash."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    path: str
+    token: str
+    sha256: str
+
+
 class JobParams(BaseModel):
     """A job's identity parameters. ``to_json()`` is what the manifest records as ``params`` and the id hashes."""
 
@@ -40,8 +49,10 @@ class JobParams(BaseModel):
     loras: list[LoraRef] | None = None
     vae: str | None = None
     pipeline_config: str | None = None
+    embeddings: list[EmbeddingRef] | None = None
 
-    OMIT_IF_NONE: ClassVar[frozenset[str]] = frozenset({"loras", "vae", "pipeline_config"})
+    OMIT_IF_NONE: ClassVar[frozenset[str]] = frozenset({"loras", "vae", "pipeline_config", "embeddings",
+                                                        "prompt_syntax", "clip_skip"})
 
     _json: dict[str, Any] | None = PrivateAttr(default=None)
     _key: str | None = PrivateAttr(default=None)
@@ -82,12 +93,37 @@ def params_model(config: type[StageConfig]) -> type[JobParams]:
     return model
 
 
-def make_params(config: type[StageConfig], values: dict[str, Any]) -> JobParams:
-    """Params from already validated values (no validation: the config model did it)."""
+def make_params(config: type[StageConfig], values: dict[str, Any], texts: dict[str, Any] | None = None) -> JobParams:
+    """Params from already validated values (no validation: the config model did it).
+
+    ``texts``: the job's ``prompt`` and ``negative_prompt`` (a sweep point). How prompts are read is identity only
+    where it matters, so ids stay those of older versions otherwise: ``prompt_syntax`` is kept only when one of the
+    job's texts (with ``prompts``, an animation's) reads differently in A1111's syntax (``a1111`` when unset),
+    ``clip_skip: 1`` (no skip) is left out like an unset one.
+    """
     model = params_model(config)
     if values.get("loras"):
         values = dict(values, loras=[v if isinstance(v, LoraRef) else LoraRef(**v) for v in values["loras"]])
+    if values.get("embeddings"):
+        values = dict(values, embeddings=[v if isinstance(v, EmbeddingRef) else EmbeddingRef(**v)
+                                          for v in values["embeddings"]])
+    if values.get("clip_skip") == 1:
+        values = dict(values, clip_skip=None)
+    if "prompt_syntax" in model.model_fields:
+        values = dict(values, prompt_syntax=prompt_syntax(values, texts))
     return model.model_construct(**values)
+
+
+def prompt_syntax(values: dict[str, Any], texts: dict[str, Any] | None) -> str | None:
+    """A job's ``prompt_syntax`` param: None where no text of it has A1111 syntax (both readings are equal)."""
+    from ..stages.prompts import has_syntax
+
+    found = [(texts or {}).get("prompt"), (texts or {}).get("negative_prompt")]
+    prompts = values.get("prompts")
+    found += list(prompts.values() if isinstance(prompts, dict) else prompts or ())
+    if not any(isinstance(text, str) and has_syntax(text) for text in found):
+        return None
+    return values.get("prompt_syntax") or "a1111"
 
 
 def params_from_json(config: type[StageConfig], data: dict[str, Any]) -> JobParams:

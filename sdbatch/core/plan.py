@@ -22,18 +22,22 @@ import hashlib
 import itertools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
 
 from ..config.limits import MAX_SEED, MAX_SIDE
-from ..config.stage import REHEARSE_MAX_SIDE, REHEARSE_MAX_STEPS, SWEEP_DEFAULTS, StageConfig
+from ..config.stage import REHEARSE_MAX_SIDE, REHEARSE_MAX_STEPS, StageConfig
 from ..errors import Problem, RecipeError
 from ..io.hashing import HashCache
+from ..io.seedstore import SeedStore
 from .inputs import Inputs, Source
 from .job import InputRef, Job, ModelRef, canonical_json, slugify
+from .jobcount import check_job_count, count_jobs, stage_sweeps  # noqa: F401 - count_jobs: the public name here
 from .params import RunOptions, make_params
+from .prompts import PromptPicker, stage_configs
+from .randomseeds import apply_random_seeds, random_seed_jobs
 
 if TYPE_CHECKING:
     from ..config.recipe import LoadedRecipe
@@ -48,6 +52,8 @@ class Plan:
     stage_order: list[str]
     out_dir: Path
     rehearse: bool = False
+    seeds: SeedStore | None = None  # the output folder's random seeds (``-1``): stored, or drawn for this plan
+    random_seeds: dict[str, str] = field(default_factory=dict)  # job id -> "stored" | "provisional"
 
     @cached_property
     def index(self) -> dict[str, Job]:
@@ -187,7 +193,7 @@ class RecipePlanner:
             hooks.problem((stage.INPUT_FIELD,), problem)
         return sources
 
-    def expand(self, index: int, stage: StageConfig) -> list[Job]:
+    def expand(self, index: int, stage: StageConfig, pick: PromptPicker | None = None) -> list[Job]:
         recipe, rehearse = self.recipe, self.rehearse
         hooks = StagePlanner(self, index, stage)
         config = type(stage)
@@ -207,6 +213,7 @@ class RecipePlanner:
             options["previews"] = None
         options = RunOptions(**options, allow_pickle=True if recipe.allow_pickle else None)
         bad_combos: set[tuple] = set()
+        made: dict[tuple, tuple[Any, dict[str, Any]]] = {}  # params by their values (see below)
         jobs: list[Job] = []
         for item in self.sources(hooks):
             source = item.ref
@@ -237,30 +244,36 @@ class RecipePlanner:
                 frames = stage.output_frames(values, item.frames)
                 if stage.VIDEO and not check_seed_span(hooks, seeds, stage.seed_span(values, frames)):
                     continue
-                params = make_params(config, values)
+                memo = (tuple(combo.items()), steps, width, height, item.frames if rehearse else None)
+                try:  # the same values over many inputs (an img2img of 50,000 images): one params object
+                    params, params_json = made[memo]
+                except (KeyError, TypeError):  # TypeError: an unhashable value, never memoised
+                    params = make_params(config, values, combo)
+                    params_json = params.to_json()
+                    try:
+                        made[memo] = (params, params_json)
+                    except TypeError:
+                        pass
                 prompt = combo.get("prompt") or ""
                 shared = {
                     "v": PLAN_VERSION, "stage": stage.name, "type": stage.type, "model": model.identity(),
                     "dtype": dtype, "prompt": prompt, "negative_prompt": combo["negative_prompt"],
-                    "params": params.to_json(), "inputs": [source.identity()] if source else [],
+                    "params": params_json, "inputs": [source.identity()] if source else [],
                     "mask": mask.identity() if mask else None,
                 }
                 base = hashlib.sha256(canonical_json(shared).encode())
                 for seed in seeds:
-                    digest = base.copy()
+                    text, negative, *templates = pick(prompt, shared["negative_prompt"], seed) if pick else \
+                        (prompt, shared["negative_prompt"], None, None)  # wildcards: the expanded prompt is identity
+                    digest = base.copy() if text == prompt and negative == shared["negative_prompt"] else \
+                        hashlib.sha256(canonical_json(dict(shared, prompt=text, negative_prompt=negative)).encode())
                     digest.update(f"\0seed={seed}".encode())
-                    jobs.append(Job(digest.hexdigest(), stage.name, stage.type, prompt, combo["negative_prompt"], seed,
-                                    params, model, device, dtype, "", [source] if source else [], mask, options, aux))
+                    jobs.append(Job(digest.hexdigest(), stage.name, stage.type, text, negative, seed,
+                                    params, model, device, dtype, "", [source] if source else [], mask, options, aux, *templates))
                     if stage.VIDEO:
                         self.video_frames[jobs[-1].job_id] = frames
         name_outputs(stage, jobs)
         return jobs
-
-
-def stage_sweeps(stage: StageConfig) -> dict[str, list[Any]]:
-    """The stage's swept values (its own, else the defaults), each list without duplicates."""
-    sweeps = {key: getattr(stage, key, None) or SWEEP_DEFAULTS.get(key) for key in stage.SWEEPS}
-    return {k: list(dict.fromkeys(v)) for k, v in sweeps.items() if v is not None}
 
 
 def check_size(hooks: StagePlanner, source: Source, size: tuple[int, int]) -> bool:
@@ -285,82 +298,60 @@ def check_seed_span(hooks: StagePlanner, seeds: Sequence[int], span: int) -> boo
     return False
 
 
+INPUT_STEM_LIMIT = 40  # characters of an input file's slugified stem in an output's name
+
+
 def name_outputs(stage: StageConfig, jobs: list[Job]) -> None:
-    """``<stage>/<prompt-slug>-<seed>-<id8>.png``; a video stage's ``<stage>/<stage>.mp4`` (a subfolder per job
-    when it has several)."""
+    """``<stage>/<prompt-slug>-<seed>-<id8>.png``; an image stage reading a file (not an upstream stage) keeps
+    its name: ``<stage>/<input-stem>-<prompt-slug>-<seed>-<id8>.png`` (the stem slugified as prompts are, at most
+    40 characters: ``IMG_0012.png`` -> ``img-0012``; inputs whose stems collide differ by the id8). A video
+    stage's ``<stage>/<stage>.mp4`` (a subfolder per job when it has several). Names only: ids never change, and
+    jobs with one id (input files with equal content) share one output, named after the first."""
     slugs: dict[str, str] = {}
+    named: dict[str, str] = {}
     for job in jobs:
+        if job.job_id in named:
+            job.output = named[job.job_id]
+            continue
         if job.prompt not in slugs:
             prompts = getattr(job.params, "prompts", None) or {}
             first = next(iter(prompts.values() if isinstance(prompts, dict) else prompts), "")
             slugs[job.prompt] = slugify(job.prompt or first or stage.name)
         slug = f"{slugs[job.prompt]}-{job.seed}-{job.job_id[:8]}"
         if not stage.VIDEO:
+            source = job.inputs[0] if job.inputs else None
+            if source is not None and source.job_id is None:  # a file or glob match, not a stage's output
+                slug = f"{slugify(PurePath(source.path).stem, INPUT_STEM_LIMIT)}-{slug}"
             job.output = f"{stage.name}/{slug}.png"
         elif len(jobs) == 1:
             job.output = f"{stage.name}/{stage.name}.mp4"
         else:
             job.output = f"{stage.name}/{slug}/{stage.name}.mp4"
-
-
-def count_jobs(planner: RecipePlanner, order: list[str]) -> dict[str, tuple[int, list[tuple[str, int]]]]:
-    """Each stage's job count with its factors (seeds x sweeps x inputs), from the recipe alone: no job is
-    built. A stage reading another gets one input per job of it. An upper bound: a combination that leaves
-    no denoising step is refused later."""
-    stages = {stage.name: stage for stage in planner.recipe.stages}
-    counts: dict[str, tuple[int, list[tuple[str, int]]]] = {}
-    for name in order:
-        stage = stages[name]
-        seeds = stage.job_seeds()
-        factors = [("seeds", len(seeds) if seeds is not None else 1)]
-        factors += [(key, len(values)) for key, values in stage_sweeps(stage).items()]
-        source = stage.input_names[0] if stage.input_names else None
-        if source in counts:
-            factors.append((f"inputs from {source!r}", counts[source][0]))
-        elif source is not None and stage.READS != "video":
-            factors.append(("input files", len(planner.inputs.files(source))))
-        counts[name] = (math.prod(n for _, n in factors), factors)
-    return counts
-
-
-def _number(n: int) -> str:
-    return f"{n:,}" if n < 10**15 else f"about {float(n):.3g}"
-
-
-def check_job_count(planner: RecipePlanner, order: list[str], limit: int) -> Problem | None:
-    """The recipe over ``limit`` jobs, naming the first stage over it alone, else the largest."""
-    counts = count_jobs(planner, order)
-    total = sum(n for n, _ in counts.values())
-    if total <= limit:
-        return None
-    over = next((name for name in order if counts[name][0] > limit), None)
-    name = over or max(order, key=lambda k: counts[k][0])
-    n, factors = counts[name]
-    shown = " x ".join(f"{label} {_number(count)}" for label, count in factors if count != 1) or "1"
-    index = next(i for i, stage in enumerate(planner.recipe.stages) if stage.name == name)
-    what = "is" if over else f"make the recipe {_number(total)} jobs,"
-    return Problem(planner.line("stages", index), f"stages[{index}]",
-                   f"{_number(n)} jobs ({shown}) {what} over the limit of {limit:,}; raise it with --max-jobs")
+        named[job.job_id] = job.output
 
 
 def build_plan(loaded: LoadedRecipe, out_dir: Path, *, rehearse: bool = False,
-               hashes: HashCache | None = None, max_jobs: int | None = None) -> Plan:
+               hashes: HashCache | None = None, max_jobs: int | None = None, seeds: SeedStore | None = None) -> Plan:
     """Expand ``loaded`` into jobs in dependency order. Raises RecipeError for plan-time problems, at once (no
-    job built) for a recipe over ``max_jobs`` jobs (default: the recipe's ``max_jobs``, 100,000)."""
+    job built) for a recipe over ``max_jobs`` jobs (default: the recipe's ``max_jobs``, 100,000). Random seeds
+    (-1): ``seeds``, default ``out_dir``'s (read only; :mod:`sdbatch.io.seedstore`)."""
     hashes = hashes or HashCache.open()
+    seeds = seeds if seeds is not None else SeedStore.read(out_dir)
+    written, loaded = loaded, apply_random_seeds(loaded, seeds)
     planner = RecipePlanner(loaded, rehearse, hashes, out_dir)
     order = stage_order(loaded)
-    too_many = check_job_count(planner, order, max_jobs or loaded.max_jobs)
+    configs = stage_configs(loaded, seeds)  # each stage's rows / scalar sweep points, prompts from templates
+    too_many = check_job_count(planner, order, max_jobs or loaded.max_jobs, configs)
     if too_many:
         raise RecipeError(str(loaded.path), [too_many])
     index = {stage.name: i for i, stage in enumerate(loaded.recipe.stages)}
     jobs: list[Job] = []
     for name in order:
-        stage = loaded.recipe.stages[index[name]]
-        stage_jobs = planner.expand(index[name], stage)
+        made = [job for config, pick in configs[name] for job in planner.expand(index[name], config, pick)]
+        stage_jobs = list({job.job_id: job for job in made}.values()) if len(configs[name]) > 1 else made
         planner.jobs_by_stage[name] = stage_jobs
         jobs.extend(stage_jobs)
     hashes.save()
     if planner.problems:
         raise RecipeError(str(loaded.path), planner.problems)
-    return Plan(jobs, order, out_dir, rehearse)
+    return Plan(jobs, order, out_dir, rehearse, seeds, random_seed_jobs(written, jobs, seeds))

@@ -1,8 +1,10 @@
 """Manifest records: the lines of ``<out>/manifest.jsonl`` as typed models, tagged by ``kind``.
 
-:class:`OutputRecord` (``kind: output``, one per file written), :class:`FailedRecord`, :class:`SkippedRecord`
-and :class:`RunRecord` (``event: start | end``). The field names are a contract other tools read (README,
-"Outputs and manifest"): they keep their names and meanings; new fields may be added.
+:class:`OutputRecord` (``kind: output``, one per file written), :class:`FailedRecord`, :class:`SkippedRecord`,
+:class:`RunRecord` (``event: start | end``; ``cluster``: a Ray run's workers) and :class:`PrunedRecord`
+(``sdbatch prune`` deleted an output).
+The field names are a contract other tools read (README, "Outputs and manifest"): they keep their names and
+meanings; new fields may be added.
 
 What a stage adds to an output lives in one typed sub-object that cannot clash with the top-level fields:
 ``frame`` (:class:`FrameInfo`: a video frame's index, its own seed and prompt, schedule values, ...),
@@ -112,6 +114,8 @@ class OutputRecord(_Record):
     role: Role = "image"
     prompt: str = ""
     negative_prompt: str = ""
+    prompt_template: str | None = None  # the wildcard template ``prompt`` was expanded from, when it was one
+    negative_prompt_template: str | None = None
     seed: int | None = None
     params: dict[str, Any] = Field(default_factory=dict)
     model: ModelInfo = Field(default_factory=ModelInfo)
@@ -126,6 +130,7 @@ class OutputRecord(_Record):
     sampler: str | None = None  # the scheduler's A1111 name
     threads: int | None = None  # CPU threads (CPU float32 pixels depend on them, by a level at most)
     batch: list[str] | None = None  # the job ids of the batch it was rendered in, in order
+    node: str | None = None  # --executor ray: the id of the Ray node that rendered it (manifest only, not in the PNG)
     frame: FrameInfo | None = None
     preview: PreviewInfo | None = None
     video: VideoInfo | None = None
@@ -177,9 +182,21 @@ class SkippedRecord(_Record):
     time: str | None = None
 
 
+class PrunedRecord(_Record):
+    """``sdbatch prune`` deleted this output (its job is no longer in the recipe's plan): from this line on the
+    file is not expected to exist (``verify``, the gallery and the done-check forget the output lines before it)."""
+
+    kind: Literal["pruned"] = "pruned"
+    job_id: str
+    stage: str
+    path: str
+    sha256: str | None = None  # of the file deleted
+    time: str | None = None
+
+
 class RunRecord(_Record):
     kind: Literal["run"] = "run"
-    event: Literal["start", "end"]
+    event: Literal["start", "end", "cluster"]  # cluster: --executor ray's workers and nodes, after the start
     run_id: str | None = None
     time: str | None = None
     # start
@@ -201,11 +218,14 @@ class RunRecord(_Record):
     interrupted: bool | None = None
     signal: str | None = None  # what stopped the run: SIGINT, SIGTERM or SIGHUP
     error: str | None = None
+    # cluster: address, joined, num_gpus and num_cpus per worker, workers (at most), worker_timeout, nodes [{id, ip}]
+    ray: dict[str, Any] | None = None
 
 
-Record = Annotated[Union[OutputRecord, FailedRecord, SkippedRecord, RunRecord], Field(discriminator="kind")]
+Record = Annotated[Union[OutputRecord, FailedRecord, SkippedRecord, RunRecord, PrunedRecord],
+                   Field(discriminator="kind")]
 RECORD = TypeAdapter(Record)
-KINDS = ("output", "failed", "skipped", "run")
+KINDS = ("output", "failed", "skipped", "run", "pruned")
 FILE_FIELDS = ("sha256", "size", "mtime_ns")  # facts of the written file: in the manifest, not in the PNG it describes
 
 
@@ -276,8 +296,17 @@ def job_fields(job: Any, *, model_source: bool = True) -> dict[str, Any]:
     model = {"id": job.model.id, "revision": job.model.revision}
     if model_source:
         model["source"] = job.model.source
-    return {"job_id": job.job_id, "stage": job.stage, "type": job.type, "prompt": job.prompt,
-            "negative_prompt": job.negative_prompt, "seed": job.seed, "params": job.params_json(), "model": model}
+    fields = {"job_id": job.job_id, "stage": job.stage, "type": job.type, "prompt": job.prompt,
+              "negative_prompt": job.negative_prompt, "seed": job.seed, "params": job.params_json(), "model": model}
+    return _templates(job, fields)
+
+
+def _templates(job: Any, fields: dict[str, Any]) -> dict[str, Any]:
+    """``fields`` with the job's wildcard templates (``prompt_template``, ...), only where it had one."""
+    for key in ("prompt_template", "negative_prompt_template"):
+        if getattr(job, key, None) is not None:
+            fields[key] = getattr(job, key)
+    return fields
 
 
 def plan_entry(job: Any, status: str | None = None) -> dict[str, Any]:
@@ -290,6 +319,30 @@ def plan_entry(job: Any, status: str | None = None) -> dict[str, Any]:
     if status is not None:
         data["status"] = status
     return data
+
+
+def plan_entries(jobs: list[Any], done: Any) -> list[dict[str, Any]]:
+    """:func:`plan_entry` of each job with its status (``done`` when its id is in ``done``, else ``pending``):
+    the same dicts, made faster for a plan of 100,000 jobs (each params object and model serialised once)."""
+    params: dict[int, dict[str, Any]] = {}
+    models: dict[int, dict[str, Any]] = {}
+    out = []
+    for job in jobs:
+        p = params.get(id(job.params))
+        if p is None:
+            p = params[id(job.params)] = job.params_json()
+        m = models.get(id(job.model))
+        if m is None:
+            m = models[id(job.model)] = {"id": job.model.id, "revision": job.model.revision}
+        data = {"job_id": job.job_id, "stage": job.stage, "type": job.type, "prompt": job.prompt,
+                "negative_prompt": job.negative_prompt, "seed": job.seed, "params": dict(p), "model": dict(m),
+                "inputs": [{"path": r.path, "sha256": r.sha256, "job_id": r.job_id} for r in job.inputs],
+                "output": job.output}
+        if job.mask:
+            data["mask"] = {"path": job.mask.path, "sha256": job.mask.sha256}
+        data["status"] = "done" if job.job_id in done else "pending"
+        out.append(_templates(job, data))
+    return out
 
 
 def input_entries(job: Any, hashes: list[str]) -> list[dict[str, Any]]:

@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import secrets
 import struct
 import zlib
@@ -49,6 +50,22 @@ SAMPLER_BY_CLASS = {
     "HeunDiscreteScheduler": "Heun",
     "LCMScheduler": "LCM",
 }
+
+
+def default_sampler_name(class_name: str, config: Any) -> str:
+    """A1111's sampler name for a model's own scheduler: its class, and the noise schedule and algorithm its
+    config selects (an SD 1.5 folder with ``DPMSolverMultistepScheduler`` and ``use_karras_sigmas: true`` is
+    ``DPM++ 2M Karras``, ``algorithm_type: sde-dpmsolver++`` is ``DPM++ 2M SDE``), so ``Schedule type`` is right."""
+    name = SAMPLER_BY_CLASS.get(class_name, class_name)
+    get = config.get if hasattr(config, "get") else (lambda key, default=None: getattr(config, key, default))
+    if class_name == "DPMSolverMultistepScheduler" and str(get("algorithm_type", "")).startswith("sde-"):
+        name = "DPM++ 2M SDE"
+    if name not in _SCHEDULED_SAMPLERS:
+        return name
+    for key, label in (("use_karras_sigmas", "Karras"), ("use_exponential_sigmas", "Exponential")):
+        if get(key, False) is True:
+            return f"{name} {label}"
+    return name
 
 
 def temp_path_for(path: Path) -> Path:
@@ -153,9 +170,21 @@ def a1111_parameters(record: dict[str, Any]) -> str:
         ("Variation seed strength", _strength(frame.get("variation_strength")) if variation_seed is not None
          else None),
         ("Denoising strength", _num(schedule.get("strength", params.get("strength")))),
+        ("Clip skip", params.get("clip_skip")),  # A1111 writes it only when > 1 (the params omit 1)
+        ("TI hashes", _ti_hashes(params.get("embeddings"), lines[0], record.get("negative_prompt") or "")),
     ]
     lines.append(", ".join(f"{k}: {a1111_quote(v)}" for k, v in fields if v is not None and v != ""))
     return "\n".join(lines)
+
+
+def _ti_hashes(embeddings: Any, *texts: str) -> str | None:
+    """A1111's ``TI hashes``: each embedding a prompt names, ``token: <first 12 of its sha256>``."""
+    if not isinstance(embeddings, list):
+        return None
+    words = set(re.findall(r"[^\s()\[\]\\:,]+", " ".join(texts)))
+    named = [f"{e['token']}: {str(e.get('sha256', ''))[:12]}" for e in embeddings
+             if isinstance(e, dict) and e.get("token") in words]
+    return ", ".join(named) or None
 
 
 # A1111's k-diffusion samplers, whose noise schedule its "Schedule type" field names (A1111 1.9+,

@@ -16,71 +16,38 @@ Example::
 
     manifest = Manifest(out_dir / "manifest.jsonl")
     manifest.append(FailedRecord(job_id="...", stage="sketch", path="sketch/a-1-0123abcd.png", error="..."))
-    done = manifest.outputs_by_job()
+    done = manifest.outputs_by_job()     # from the index beside it (see sdbatch.io.index)
 """
 
 from __future__ import annotations
 
 import errno
-import gc
 import json
 import os
-import stat
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from ..core.record import OutputRecord, describe_invalid, parse_line, parse_record
-from ..errors import UsageError
+from .regular import _WARNED, collection_paused, open_regular  # noqa: F401 - re-exported
+from .regular import warn_malformed as _warn
 
 MANIFEST_NAME = "manifest.jsonl"
 TAIL_CHUNK = 1 << 16  # how far back each step of the torn-tail search reads
 RECORD_START = b"{"  # every line the writer appends starts so: a torn tail that does not is not ours to cut
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
-_WARNED: set[tuple[str, int, int]] = set()  # manifests (path, size, mtime) already warned about
+
+
+class OutputsByJob(dict):
+    """job_id -> output lines (:meth:`Manifest.outputs_by_job`); ``states`` remembers what the done-check found
+    on disk for each path, so one read of the manifest stats each file once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.states: dict[str, str] = {}
 
 
 class ManifestWriteError(Exception):
     """A record could not be appended (nothing of it is left in the file); ``str()`` is one line for the user."""
-
-
-def _kind_of(mode: int) -> str:
-    for test, name in ((stat.S_ISLNK, "a symlink"), (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"),
-                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device")):
-        if test(mode):
-            return name
-    return "not a regular file"
-
-
-def open_regular(path: Path, flags: int) -> int | None:
-    """A descriptor of the regular file ``path`` (never through a symlink, never blocking on a FIFO); None when
-    it does not exist and ``flags`` do not create it. Anything else under that name is a UsageError."""
-    try:
-        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0), 0o644)
-    except (FileNotFoundError, NotADirectoryError):  # not there (or a file where its folder should be)
-        if flags & os.O_CREAT:
-            raise
-        return None
-    except OSError as exc:
-        try:
-            mode = os.lstat(path).st_mode
-        except OSError:
-            raise exc from None
-        if stat.S_ISREG(mode):
-            raise
-        raise UsageError(f"error: {path} is {_kind_of(mode)}, not a regular file: refusing to use it") from None
-    st = os.fstat(fd)
-    problem = None
-    if not stat.S_ISREG(st.st_mode):
-        problem = f"is {_kind_of(st.st_mode)}, not a regular file: refusing to use it"
-    elif flags & (os.O_WRONLY | os.O_RDWR) and st.st_nlink > 1:
-        problem = f"has {st.st_nlink} hard links: refusing to write to it (copy it to break the link)"
-    if problem:
-        os.close(fd)
-        raise UsageError(f"error: {path} {problem}")
-    return fd
 
 
 def read_records(path: Path, kind: str | None = None) -> list[Any]:
@@ -110,36 +77,11 @@ def read_records(path: Path, kind: str | None = None) -> list[Any]:
 
 
 def read_outputs(path: Path) -> list[OutputRecord]:
-    """The output records of a manifest, in order."""
-    return read_records(path, "output")
-
-
-@contextmanager
-def collection_paused() -> Iterator[None]:
-    """No cyclic garbage collection inside: reading makes no cycles, and collections every 700 new objects
-    (a record is several) would traverse the records read so far again and again, doubling a read's time."""
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if collecting:
-            gc.enable()
-
-
-def _warn(path: Path, bad: list[tuple[int, str]]) -> None:
-    try:
-        stat = os.stat(path)
-        key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
-    except OSError:
-        key = (str(path), -1, -1)
-    if key in _WARNED:
-        return  # this manifest, unchanged, was read before: one warning is enough
-    _WARNED.add(key)
-    shown = ", ".join(f"line {number} ({why})" for number, why in bad[:3])
-    more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
-    what = "a malformed line" if len(bad) == 1 else f"{len(bad)} malformed lines"
-    print(f"warning: {path}: skipped {what}: {shown}{more}", file=sys.stderr)
+    """The output records of a manifest, in order, less those a later ``pruned`` line of their path retired
+    (``sdbatch prune`` deleted the file: it is not expected to exist)."""
+    records = [r for r in read_records(path) if r.kind in ("output", "pruned")]
+    pruned = {r.path: i for i, r in enumerate(records) if r.kind == "pruned"}
+    return [r for i, r in enumerate(records) if r.kind == "output" and pruned.get(r.path, -1) < i]
 
 
 def read_png_output(path: Path) -> OutputRecord | None:
@@ -175,6 +117,10 @@ def describe_write_error(exc: OSError, path: Path) -> str:
     return f"error: could not write {path}: {exc.strerror or exc}"
 
 
+def _line(record: Any) -> bytes:
+    return json.dumps(record.to_json(), ensure_ascii=False, separators=(", ", ": ")).encode() + b"\n"
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -195,12 +141,16 @@ class Manifest:
     def records(self) -> list[Any]:
         return read_records(self.path)
 
-    def outputs_by_job(self) -> dict[str, list[OutputRecord]]:
-        """job_id -> its output records, in order."""
-        out: dict[str, list[OutputRecord]] = {}
+    def outputs_by_job(self) -> OutputsByJob:
+        """job_id -> its output lines, in order, as the done-check needs them (:class:`~.index.IndexEntry`:
+        job id, stage, path, role, sha256, size, mtime; outputs retired by ``prune`` left out), from the
+        manifest's index (:mod:`.index`; brought up to date, and saved when this manifest is open for writing)."""
+        from .index import load_index
+
+        out = OutputsByJob()
         with collection_paused():
-            for record in read_outputs(self.path):
-                out.setdefault(record.job_id, []).append(record)
+            for entry in load_index(self.path, save=self._fd is not None).live_outputs():
+                out.setdefault(entry.job_id, []).append(entry)
         return out
 
     def open(self) -> None:
@@ -249,7 +199,9 @@ class Manifest:
     def append(self, record: Any) -> None:
         """Append one record (a model of :mod:`sdbatch.core.record`) as a line, and fsync. On any failure
         nothing of the line stays in the file and ManifestWriteError says why."""
-        data = json.dumps(record.to_json(), ensure_ascii=False, separators=(", ", ": ")).encode() + b"\n"
+        self._write(_line(record))
+
+    def _write(self, data: bytes) -> None:
         self.open()
         self._check_identity()
         fd = self._fd
@@ -266,6 +218,13 @@ class Manifest:
             if isinstance(exc, OSError):
                 raise ManifestWriteError(describe_write_error(exc, self.path)) from exc
             raise
+
+    def append_many(self, records: list[Any]) -> None:
+        """Append several records in one write and one fsync (all of them, or on failure none)."""
+        if not records:
+            return
+        data = b"".join(_line(record) for record in records)
+        self._write(data)
 
     def close(self) -> None:
         if self._fd is not None:

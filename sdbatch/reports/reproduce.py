@@ -21,17 +21,21 @@ params, options and seed are validated (a wrong one: ``error: <file>: metadata f
 and the re-rendered files go only under ``--out`` (default: a fresh temp folder, named in the result line),
 never to a path taken from the metadata.
 
+A frame of a video stage (animate, restyle, interpolate) is re-rendered from its record and the saved frames
+before it, by the stage's own code (:mod:`.reproduce_frames`), and compared the same way; a whole video is not.
+
 Exit codes: 0 match, 1 pixels differ, 2 cannot reproduce (no metadata, untrusted metadata, unsupported output
-kind, missing/changed input or model, render error).
+kind, missing/changed input or model, a missing frame before a frame, render error).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ..core.record import OutputRecord
@@ -47,10 +51,10 @@ from .provenance import (
     check_manifest_hash,
     find_record,
 )
+from .reproduce_frames import VIDEO_TYPES, FrameContext, check_frame_record, frame_aux, job_output, render_frame
 from .untrusted import UntrustedMetadata, field_name, inside, path_problems
 
 REPRODUCIBLE_TYPES = ("generate", "img2img", "inpaint")
-VIDEO_TYPES = ("restyle", "animate", "interpolate")
 
 
 def _check_reproducible(found: Found) -> None:
@@ -58,11 +62,16 @@ def _check_reproducible(found: Found) -> None:
     kind = r.type
     if r.role == "preview":
         raise ProvenanceError(f"{name}: an in-progress preview; reproduce the job's final image instead")
-    if r.role == "frame" or kind in VIDEO_TYPES or found.file.suffix.lower() != ".png":
-        what = "video frames" if r.role == "frame" else (f"{kind} outputs" if kind in VIDEO_TYPES else "this file type")
-        raise ProvenanceError(f"{name}: reproducing {what} is not supported yet (only the image stages: "
-                              f"{', '.join(REPRODUCIBLE_TYPES)})")
-    if kind not in REPRODUCIBLE_TYPES:
+    if r.role == "frame":
+        check_frame_record(found)
+    elif kind in VIDEO_TYPES:
+        frames = PurePosixPath(r.path).parent / "frames"
+        raise ProvenanceError(f"{name}: reproducing a whole {kind} video is not supported yet; reproduce one of its "
+                              f"frames ({frames}/000000.png, ...)")
+    elif found.file.suffix.lower() != ".png":
+        raise ProvenanceError(f"{name}: reproducing this file type is not supported yet (only images and video "
+                              f"frames: {', '.join(REPRODUCIBLE_TYPES + VIDEO_TYPES)})")
+    elif kind not in REPRODUCIBLE_TYPES:
         raise ProvenanceError(f"{name}: unknown stage type {kind!r}")
     for key in ("params", "seed"):
         if key not in r.model_fields_set or getattr(r, key) is None:
@@ -88,6 +97,15 @@ def _typed(found: Found, field: str, build: Any, *args: Any) -> Any:
     raise ProvenanceError(error.line(found.file))
 
 
+def _params(kind: str, data: dict[str, Any]) -> Any:
+    """A job's typed params from its record, validated as the JSON they were read from (so that the integer
+    keys of animate's ``prompts`` schedule, strings in JSON, read back as integers)."""
+    from ..core.params import params_model
+    from ..stages import stage_config
+
+    return params_model(stage_config(kind)).model_validate_json(json.dumps(data))
+
+
 def build_job(found: Found) -> tuple[Any, dict[str, Path], list[Path]]:
     """The Job of ``found``'s record, with every input located and checked; plus {input path: file} and the
     folders the recipe may be in."""
@@ -96,11 +114,10 @@ def build_job(found: Found) -> tuple[Any, dict[str, Path], list[Path]]:
     from ..config.limits import check_seed
     from ..config.types import Size, multiple_of_8
     from ..core.job import InputRef, Job, options_from_json
-    from ..stages import params_from_json
 
     _check_reproducible(found)
     r = found.record
-    params = _typed(found, "params", params_from_json, r.type, r.params)
+    params = _typed(found, "params", _params, r.type, r.params)
     for side in ("width", "height"):  # the bounds a recipe's sizes have
         _typed(found, f"params.{side}", TypeAdapter(Size).validate_python, getattr(params, side))
         _typed(found, f"params.{side}", multiple_of_8, getattr(params, side))
@@ -131,11 +148,15 @@ def build_job(found: Found) -> tuple[Any, dict[str, Path], list[Path]]:
         raise ProvenanceError(f"{found.file.name}: the record of this {r.type} output names no input image")
     if r.type == "inpaint" and mask is None:
         raise ProvenanceError(f"{found.file.name}: the record of this inpaint output names no mask")
+    if r.type == "restyle" and not inputs:
+        raise ProvenanceError(f"{found.file.name}: the record of this restyle frame names no input video")
     model = recorded_model(r.model.id, r.model.revision, r.model.source, bases)
     device, dtype = _device_for(r)
+    frame = r.role == "frame"
+    aux = {**aux_models(r.params, found, bases), **(frame_aux(r, bases) if frame else {})}
     job = Job(job_id=r.job_id, stage=r.stage, type=r.type, prompt=r.prompt, negative_prompt=r.negative_prompt,
-              seed=seed, params=params, model=model, device=device, dtype=dtype, output=r.path, inputs=inputs,
-              mask=mask, options=options, aux_models=aux_models(r.params, found, bases))
+              seed=seed, params=params, model=model, device=device, dtype=dtype,
+              output=job_output(r) if frame else r.path, inputs=inputs, mask=mask, options=options, aux_models=aux)
     return job, located, dirs
 
 
@@ -206,7 +227,9 @@ def _differences(record: OutputRecord, job: Any, threads: int, batch_size: int) 
         reasons.append(f"device {record.device} -> {job.device}")
     if record.dtype and record.dtype != job.dtype:
         reasons.append(f"dtype {record.dtype} -> {job.dtype}")
-    if record.batch is not None and len(record.batch) > batch_size:
+    if record.role == "frame":
+        pass  # a video job renders its frames one by one, whatever batch it was in
+    elif record.batch is not None and len(record.batch) > batch_size:
         reasons.append(f"rendered in a batch of {len(record.batch)}, whose other jobs' records are not at hand; "
                        f"now {'alone' if batch_size == 1 else f'in a batch of {batch_size}'}")
     elif record.batch is None and _maybe_batched(record):
@@ -245,30 +268,32 @@ def reproduce_output(path: Path, out: Path | None = None) -> int:
     try:
         found = find_record(Path(path))
         job, located, dirs = build_job(found)
-        jobs, more = batch_jobs(found, job)
-        out_dir = _out_folder(found, jobs, out)
+        jobs, more = batch_jobs(found, job) if found.record.role != "frame" else ([job], {})
+        targets = [found.record.path] if found.record.role == "frame" else [j.output for j in jobs]
+        out_dir = _out_folder(found, targets, out)
     except ProvenanceError as exc:
         print(str(exc), file=sys.stderr)
         return EXIT_CANNOT
-    code = _render_and_compare(found, job, jobs, {**more, **located}, dirs, out_dir, out_dir / job.output)
+    target = out_dir / (found.record.path if found.record.role == "frame" else job.output)
+    code = _render_and_compare(found, job, jobs, {**more, **located}, dirs, out_dir, target)
     if code == EXIT_CANNOT and out is None:
         shutil.rmtree(out_dir, ignore_errors=True)
     return code
 
 
-def _out_folder(found: Found, jobs: list[Any], out: Path | None) -> Path:
-    """Where the re-rendered files go: ``out``, else a fresh temp folder; every job's output lands inside it
-    (no symlink in ``out`` leads out of it) and none on the original file."""
+def _out_folder(found: Found, targets: list[str], out: Path | None) -> Path:
+    """Where the re-rendered files go: ``out``, else a fresh temp folder; every target (a job's output, or the
+    frame) lands inside it (no symlink in ``out`` leads out of it) and none on the original file."""
     overwrite = f"--out {out}: re-rendered files would overwrite the originals; choose another folder"
     if out is None:
         return Path(tempfile.mkdtemp(prefix="sdbatch-reproduce-"))  # the job paths are checked relative ones
     out_dir = abs_path(Path(out))
     if found.out_dir is not None and out_dir.resolve() == found.out_dir.resolve():
         raise ProvenanceError(overwrite)
-    for job in jobs:
-        target = inside(out_dir, job.output)
+    for rel in targets:
+        target = inside(out_dir, rel)
         if target is None:
-            raise ProvenanceError(f"--out {out}: {job.output} leads out of it through a symlink; choose another folder")
+            raise ProvenanceError(f"--out {out}: {rel} leads out of it through a symlink; choose another folder")
         if target.exists() and target.resolve() == found.file.resolve():
             raise ProvenanceError(overwrite)
     return out_dir
@@ -289,23 +314,31 @@ def _render(found: Found, job: Any, jobs: list[Any], located: dict[str, Path], d
     base_dir = dirs[0] if dirs else Path.cwd()
     recipe = found.record.recipe.model_dump(mode="json", exclude_unset=True)
     worker = JobWorker(RunInfo(str(out_dir), str(base_dir), recipe, software_versions()))
-    worker.ctx = _Context(worker.models, out_dir, base_dir)
+    if found.record.role == "frame":
+        worker.ctx = FrameContext(worker.models, out_dir, base_dir, located, found, job)
+    else:
+        worker.ctx = _Context(worker.models, out_dir, base_dir)
     if job.device != found.record.device:
         print(f"note: recorded on {found.record.device} {found.record.dtype}, which is not available "
               f"here; rendering on {job.device} {job.dtype}", file=sys.stderr)
     threads, before = _pin_threads(found.record, job)
     try:
-        results = {r.job_id: r for r in worker(jobs)}
+        if found.record.role == "frame":
+            return render_frame(worker, found, job), threads
+        return {r.job_id: r for r in worker(jobs)}.get(job.job_id), threads
     finally:
         torch.set_num_threads(before)
-    return results.get(job.job_id), threads
 
 
 def _render_and_compare(found: Found, job: Any, jobs: list[Any], located: dict[str, Path], dirs: list[Path],
                         out_dir: Path, target: Path) -> int:
     import numpy as np
 
-    result, threads = _render(found, job, jobs, located, dirs, out_dir)
+    try:
+        result, threads = _render(found, job, jobs, located, dirs, out_dir)
+    except ProvenanceError as exc:  # e.g. a missing frame before a video frame
+        print(str(exc), file=sys.stderr)
+        return EXIT_CANNOT
     if result is None or result.error:
         print(f"could not re-render {found.file.name}: {result.error if result else 'no output'}", file=sys.stderr)
         return EXIT_CANNOT

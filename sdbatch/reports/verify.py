@@ -1,6 +1,7 @@
 """``sdbatch verify``: hash every recorded output against the manifest.
 
-Each path's newest output record (a re-render supersedes older lines) is checked: ``missing`` (no file there),
+Each path's newest output record (a re-render supersedes older lines; one a later ``pruned`` line retired is not
+expected to exist, and is not checked) is checked: ``missing`` (no file there),
 ``changed`` (its sha256 differs from the recorded one), ``outside`` (the record's path leaves the output folder:
 never read). One line per difference on stdout, then a summary; exit 1 on any difference, 0 when every output
 matches, 2 when there is no manifest to check. Reads only: takes no lock, writes nothing.

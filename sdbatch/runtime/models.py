@@ -17,6 +17,8 @@ Model sources from the recipe:
 * which weights may be loaded is :mod:`sdbatch.sources.weights`' pickle policy, the same one the recipe
   checks apply: pickle files (.ckpt/.pt/.pth/.bin) need ``allow_pickle``, and diffusers folders load with
   ``use_safetensors=True`` unless it is set.
+* ``embeddings:`` (textual inversion) hold exactly the job's set in the shared tokenizer / text encoder
+  (:mod:`sdbatch.runtime.embeddings`: another set is unloaded first), so no token leaks between stages.
 * ``loras:`` are PEFT adapters loaded once per base model (``load_lora_weights``) and activated per job
   with ``set_adapters`` at the job's weights; jobs without LoRAs run with adapters disabled (exactly the
   base model), so LoRA sets never leak from one job into another.
@@ -36,10 +38,11 @@ from pathlib import Path
 from typing import Any
 
 from ..core.job import Job, ModelRef
-from ..errors import ModelUnavailable
+from ..errors import ModelUnavailable, one_line
 from ..sources.hub import pipeline_index
 from ..sources.specs import config_source, model_folder
 from ..sources.weights import ensure_loadable, safetensors_only
+from .embeddings import apply_embeddings, embedding_set
 
 TASKS = ("text2img", "img2img", "inpaint")
 
@@ -105,7 +108,8 @@ class ModelBank:
         self._default_schedulers: dict[LoadKey, Any] = {}
         self._others: dict[Any, Any] = {}
         self._loras: dict[LoadKey, dict[str, Any]] = {}  # per base: loaded adapters and the active set
-        self._prompts: dict[tuple, Any] = {}  # (key, lora set, kind, text) -> embeddings
+        self._embeddings: dict[LoadKey, dict[str, Any]] = {}  # per base: textual inversion loaded now
+        self._prompts: dict[tuple, Any] = {}  # (key, lora set, embeddings, reading, kind, text) -> embeddings
 
     def get_or_load(self, key: Any, load: Any) -> Any:
         """Any other model (a depth estimator, ...) loaded once per process under ``key``."""
@@ -139,6 +143,7 @@ class ModelBank:
         pipe = self._tasks[(key, task)]
         pipe.scheduler = self.scheduler(job, job.params.scheduler)
         self._apply_loras(job, key, pipe)
+        apply_embeddings(self._embeddings.setdefault(key, {}), job, pipe)
         return pipe
 
     # ------------------------------------------------------------------------------------------ LoRAs
@@ -203,8 +208,10 @@ class ModelBank:
 
     # -------------------------------------------------------------------------------- prompt encoding
     def cached_embedding(self, job: Job, kind: str, text: str, encode: Any) -> Any:
-        """``encode()``'s result for ``text``, computed once per (model, LoRA set, kind, text)."""
-        cache_key = (self.key(job), self.lora_set(job), kind, text)
+        """``encode()``'s result for ``text``, computed once per (model, LoRA set, embeddings, prompt syntax,
+        clip skip, kind, text)."""
+        reading = (getattr(job.params, "prompt_syntax", None), getattr(job.params, "clip_skip", None))
+        cache_key = (self.key(job), self.lora_set(job), embedding_set(job), reading, kind, text)
         if cache_key in self._prompts:
             value = self._prompts.pop(cache_key)  # most recently used goes last
         else:
@@ -229,13 +236,13 @@ class ModelBank:
 
     def sampler_name(self, job: Job) -> str:
         """A1111's name of the sampler a job used (the model's own scheduler for ``default``)."""
-        from ..io.artifacts import SAMPLER_BY_CLASS, SAMPLER_NAMES
+        from ..io.artifacts import SAMPLER_NAMES, default_sampler_name
 
         name = job.params.scheduler
         if name != "default" or self.key(job) not in self._bases:
             return SAMPLER_NAMES.get(name, name)
-        cls = type(self.scheduler(job, "default")).__name__
-        return SAMPLER_BY_CLASS.get(cls, cls)
+        scheduler = self.scheduler(job, "default")
+        return default_sampler_name(type(scheduler).__name__, getattr(scheduler, "config", {}))
 
     def _load(self, job: Job, key: LoadKey) -> Any:
         import torch
@@ -259,9 +266,9 @@ class ModelBank:
                     str(source), torch_dtype=dtype, use_safetensors=safetensors_only(allow_pickle), **components)
         except ModelUnavailable:
             raise
-        except (OSError, ValueError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelUnavailable(f"model {model.id!r} could not be loaded: {first[:200]}") from None
+        except (OSError, ValueError) as exc:  # the whole reason on one line, never cut mid-word
+            reason = one_line(str(exc), 400) or type(exc).__name__
+            raise ModelUnavailable(f"model {model.id!r} could not be loaded: {reason}") from None
         if hasattr(pipe, "set_progress_bar_config"):
             pipe.set_progress_bar_config(disable=True)
         options = dict(key.options)

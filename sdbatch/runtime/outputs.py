@@ -14,7 +14,7 @@ import stat
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..core.record import OutputRecord
 from ..io.hashing import sha256_file
@@ -23,11 +23,22 @@ if TYPE_CHECKING:
     from ..core.plan import Plan
 
 
-def output_state(out_dir: Path, record: OutputRecord) -> str:
+def output_state(out_dir: Path, record: Any, states: dict[str, str] | None = None) -> str:
     """``ok``, ``missing`` (no regular file there) or ``changed`` (its size differs from the record's, or its
     mtime does and so does its content: a folder copied without keeping times, or a touched file, is not
-    re-rendered)."""
-    path = out_dir / record.path
+    re-rendered). ``record``: an OutputRecord or an index entry (path, sha256, size, mtime_ns); ``states``
+    remembers the answer by path (one manifest read states each file once)."""
+    if states is not None:
+        known = states.get(record.path)
+        if known is not None:
+            return known
+    state = _state(os.path.join(out_dir, record.path), record)
+    if states is not None:
+        states[record.path] = state
+    return state
+
+
+def _state(path: str, record: Any) -> str:
     try:
         st = os.stat(path)
     except (OSError, ValueError):
@@ -38,7 +49,7 @@ def output_state(out_dir: Path, record: OutputRecord) -> str:
         return "changed"
     if record.mtime_ns is not None and st.st_mtime_ns != record.mtime_ns:
         try:
-            same = bool(record.sha256) and sha256_file(path) == record.sha256
+            same = bool(record.sha256) and sha256_file(Path(path)) == record.sha256
         except OSError:
             return "missing"
         return "ok" if same else "changed"
@@ -52,7 +63,7 @@ def latest_records(by_job: dict[str, list[OutputRecord]]) -> dict[tuple[str, str
 
 @dataclass
 class OutputCheck:
-    done: dict[str, OutputRecord] = field(default_factory=dict)  # job_id -> its final output's record
+    done: dict[str, Any] = field(default_factory=dict)  # job_id -> its final output's record (or index entry)
     missing: set[str] = field(default_factory=set)  # job ids whose recorded output is gone
     changed: set[str] = field(default_factory=set)  # job ids whose recorded output was changed since
 
@@ -63,17 +74,22 @@ class OutputCheck:
         return "pending", "missing" if job_id in self.missing else "changed" if job_id in self.changed else None
 
 
-def check_outputs(plan: Plan, by_job: dict[str, list[OutputRecord]]) -> OutputCheck:
-    """The state of each planned job's final output (``by_job``: :meth:`Manifest.outputs_by_job`)."""
+def check_outputs(plan: Plan, by_job: dict[str, list[Any]]) -> OutputCheck:
+    """The state of each planned job's final output (``by_job``: :meth:`Manifest.outputs_by_job`; a record
+    a later ``prune`` line retired is not there: its job is pending, not missing)."""
     check = OutputCheck()
+    states = getattr(by_job, "states", None)
+    index = plan.index
     for job_id, records in by_job.items():
-        job = plan.index.get(job_id)
+        job = index.get(job_id)
         if job is None:
             continue
-        record = next((r for r in reversed(records) if r.path == job.output), None)
+        output = job.output
+        record = records[-1] if records[-1].path == output else \
+            next((r for r in reversed(records) if r.path == output), None)
         if record is None:
             continue
-        state = output_state(plan.out_dir, record)
+        state = output_state(plan.out_dir, record, states)
         if state == "ok":
             check.done[job_id] = record
         else:
@@ -92,7 +108,8 @@ def recorded_outputs(by_job: dict[str, list[OutputRecord]], out_dir: Path | None
     latest = latest_records(by_job)
     if out_dir is None:
         return set(latest)
-    return {key for key, record in latest.items() if output_state(out_dir, record) == "ok"}
+    states = getattr(by_job, "states", None)
+    return {key for key, record in latest.items() if output_state(out_dir, record, states) == "ok"}
 
 
 def edited_name(path: Path) -> Path:

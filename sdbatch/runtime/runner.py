@@ -16,6 +16,7 @@ import subprocess
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -135,12 +136,19 @@ class RunSink:
     fatal: str | None = None
     halt: str | None = None
     no_space_streak: int = 0
+    roles: Counter = field(default_factory=Counter)  # outputs recorded by this run: image, frame, video, preview
 
     def stop_requested(self) -> bool:
         return self.stop_event.is_set() or self.fatal is not None or self.halt is not None
 
     def started(self, jobs: list[Job]) -> None:
         self.progress.current(jobs[0].stage, len(jobs))
+
+    def frames(self, job: Job, done: int, total: int) -> None:
+        """A video job has ``done`` of its ``total`` frames (the worker's ``on_frames``; optional)."""
+        with self.lock:
+            if self.fatal is None and hasattr(self.progress, "frames"):
+                self.progress.frames(job, done, total)
 
     def _append(self, record: Any) -> bool:
         if self.fatal is not None:
@@ -161,6 +169,7 @@ class RunSink:
                 return  # a retried job (e.g. a lost Ray worker) must not be recorded twice
             if self._append(record):
                 self.recorded.add(key)
+                self.roles[record.role] += 1
 
     def finished(self, result: Any) -> None:
         with self.lock:
@@ -205,6 +214,9 @@ class RunOutcome:
     failures: list[tuple[str, str, str]]
     interrupted: bool = False
     error: str | None = None  # why the run stopped early (a full disk, a vanished folder): one line
+    seconds: float = 0.0  # the run's wall time
+    roles: dict[str, int] = field(default_factory=dict)  # outputs rendered by role: image, frame, video
+    signal: str | None = None  # what stopped an interrupted run: SIGINT, SIGTERM, SIGHUP
 
 
 def keep_changed(out_dir: Path, todo: list[Job], check: OutputCheck, reporter: Any) -> None:
@@ -243,13 +255,14 @@ def run_plan(loaded: LoadedRecipe, plan: Plan, *, force: bool = False, only: lis
         manifest.open()  # refuses what is not a regular file, and cuts a torn tail, before anything else
     except OSError as exc:
         raise UsageError(f"error: cannot write {manifest.path}: {exc.strerror or exc}") from None
+    began = time.time()
     try:
         return _run(loaded, plan, manifest, reporter, force, list(only or []), executor, executor_options or {})
     except (ManifestWriteError, OSError) as exc:
         reporter.stop()
         why = str(exc) if isinstance(exc, ManifestWriteError) else \
             describe_write_error(exc, Path(exc.filename) if exc.filename else manifest.path)
-        return RunOutcome(EXIT_FAILED, {}, [], error=why)
+        return RunOutcome(EXIT_FAILED, {}, [], error=why, seconds=time.time() - began)
     finally:
         manifest.close()
 
@@ -260,6 +273,7 @@ def _run(loaded: LoadedRecipe, plan: Plan, manifest: Manifest, reporter: Any, fo
     from .quiet import quiet_libraries
     from .worker import RunInfo, software_versions
 
+    began = time.time()
     out_dir = plan.out_dir
     removed = clean_temp_files(out_dir)
     if removed:
@@ -281,7 +295,7 @@ def _run(loaded: LoadedRecipe, plan: Plan, manifest: Manifest, reporter: Any, fo
         if job.job_id in done:
             stats[job.stage].done_before += 1
     del check
-    info = RunInfo(str(out_dir), str(loaded.base_dir), recipe_info(loaded), software_versions())
+    info = RunInfo(str(out_dir), str(loaded.base_dir), recipe_info(loaded), software_versions(), force=force)
     if info.recipe.get("git_dirty"):
         reporter.say(f"Warning: {loaded.path} has uncommitted changes; commit it so this run can be reproduced "
                      "from git")
@@ -328,4 +342,5 @@ def _run(loaded: LoadedRecipe, plan: Plan, manifest: Manifest, reporter: Any, fo
     if sink.halt is not None:
         end.error = sink.halt
     manifest.append(end)
-    return RunOutcome(code, stats, sink.failures, interrupted, error=sink.halt)
+    return RunOutcome(code, stats, sink.failures, interrupted, error=sink.halt, seconds=time.time() - began,
+                      roles=dict(sink.roles), signal=end.signal)

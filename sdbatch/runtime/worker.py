@@ -33,6 +33,7 @@ class RunInfo:
     base_dir: str
     recipe: dict[str, Any]
     versions: dict[str, str]
+    force: bool = False  # run --force: video jobs render their frames again (none saved before is reused)
 
 
 @dataclass
@@ -152,9 +153,19 @@ class JobWorker:
 
         self.run = run
         self.models = ModelBank()
-        self.ctx = StageContext(self.models, Path(run.out_dir), Path(run.base_dir))
+        self.ctx = StageContext(self.models, Path(run.out_dir), Path(run.base_dir), force=run.force)
         self._pool = None
         self.stop_requested: Callable[[], bool] = lambda: False  # set by an executor that can be interrupted
+
+    @property
+    def on_frames(self) -> Callable[[Job, int, int], None] | None:
+        """Told ``(job, frames saved, frames in all)`` as a video job goes (set by an executor that shows
+        progress; optional)."""
+        return self.ctx.on_frames
+
+    @on_frames.setter
+    def on_frames(self, callback: Callable[[Job, int, int], None] | None) -> None:
+        self.ctx.on_frames = callback
 
     def __call__(self, batch: list[Job], emit: Emit | None = None) -> list[JobResult]:
         """Render ``batch`` and return when every output is on disk (what Ray workers use)."""
@@ -233,6 +244,8 @@ class JobWorker:
         else:
             record.sha256 = sha256_file(item.file)
             move_into_place(item.file, target)
+        if item.path != item.job.output:
+            self.ctx.wrote(item.path)  # a frame: with --force, the only kind a video job may reuse
         st = os.stat(target)
         record.size, record.mtime_ns = st.st_size, st.st_mtime_ns  # so a later change of the file is noticed
         if emit is not None:

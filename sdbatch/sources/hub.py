@@ -14,7 +14,6 @@ import os
 from pathlib import Path
 
 from ..core.job import ModelRef
-from ..errors import ModelUnavailable
 
 #: a cached snapshot counts when it holds one of these (a pipeline's index, a single model's config)
 SNAPSHOT_MARKERS = ("model_index.json", "config.json")
@@ -56,34 +55,40 @@ def hub_ref(spec: str) -> ModelRef:
     return ModelRef(repo_id, f"unresolved:{revision or 'main'}", "hub", None)
 
 
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def fetch_hub_model(model: ModelRef, pipeline: bool = True) -> ModelRef:
     """Download (or find in the cache) a hub model; return it with its commit and snapshot folder.
 
-    A pipeline is fetched with diffusers' ``DiffusionPipeline.download`` (only the files the pipeline loads),
-    anything else (a VAE, a depth model) with ``snapshot_download``. The token comes from ``HF_TOKEN`` or
-    ``hf auth login``, handled by huggingface_hub; it is never logged.
+    The Hub is asked about the repository first (``model_info``: no such repository, no such revision, no
+    network show before torch and diffusers are imported); then a pipeline is fetched with diffusers'
+    ``DiffusionPipeline.download`` (only the files the pipeline loads), anything else (a VAE, a depth model)
+    with ``snapshot_download``. Any failure is a :class:`ModelUnavailable` naming its case (offline and not
+    cached, no network, gated, no such repository, ...) and what to do (:mod:`sdbatch.sources.hub_errors`).
+    The token comes from ``HF_TOKEN`` or ``hf auth login``, handled by huggingface_hub; it is never logged.
     """
     if model.source != "hub" or model.path:
         return model
+    import huggingface_hub
+
+    from .hub_errors import unavailable
+
     revision = model.revision.removeprefix("unresolved:")
+    what = "model" if pipeline else "hub model"
+    cache_dir = hub_cache_dir()
+    try:
+        huggingface_hub.model_info(model.id, revision=revision)
+    except huggingface_hub.errors.OfflineModeIsEnabled:
+        pass  # offline: the download below looks in the cache alone, and says so
+    except Exception as exc:  # noqa: BLE001 - any failure is a case with its hints
+        raise unavailable(model.id, revision, exc, cache_dir, what, pipeline) from None
     try:
         if pipeline:
             from diffusers import DiffusionPipeline
 
-            folder = Path(DiffusionPipeline.download(model.id, revision=revision, cache_dir=hub_cache_dir()))
+            folder = Path(DiffusionPipeline.download(model.id, revision=revision, cache_dir=cache_dir))
         else:
-            from huggingface_hub import snapshot_download
-
-            folder = Path(snapshot_download(model.id, revision=revision, cache_dir=hub_cache_dir()))
-    except Exception as exc:  # noqa: BLE001 - any fetch failure becomes one line
-        raise ModelUnavailable(
-            f"model {model.id!r} could not be fetched ({_first_line(exc)[:160]}); check the name and your network "
-            f"or HF_TOKEN, or try the recipe offline with --rehearse") from None
+            folder = Path(huggingface_hub.snapshot_download(model.id, revision=revision, cache_dir=cache_dir))
+    except Exception as exc:  # noqa: BLE001
+        raise unavailable(model.id, revision, exc, cache_dir, what, pipeline) from None
     return ModelRef(model.id, folder.name, "hub", str(folder))
 
 
@@ -97,4 +102,6 @@ def pipeline_index(config: str) -> Path:
 
         return Path(hf_hub_download(config, "model_index.json", cache_dir=hub_cache_dir()))
     except Exception as exc:  # noqa: BLE001
-        raise ModelUnavailable(f"pipeline_config {config!r}: no model_index.json ({_first_line(exc)})"[:300]) from None
+        from .hub_errors import unavailable
+
+        raise unavailable(config, "main", exc, hub_cache_dir(), "pipeline_config", True) from None

@@ -53,7 +53,7 @@ from ..config.types import ColorMode, Fps, NonNegInt, Prompt, Schedule, StrictMo
 from ..core.job import Job
 from .base import Rendered, StageContext
 from .diffusion import run_pipeline
-from .frames import encode_frames
+from .frames import FrameCounter, encode_frames
 
 MOTION_2D = ("angle", "zoom", "translation_x", "translation_y")
 MOTION_3D = ("translation_x", "translation_y", "translation_z", "rotation_3d_x", "rotation_3d_y", "rotation_3d_z",
@@ -345,6 +345,9 @@ class Animation:
         start, saved = self.saved_frames()
         if start > 0:
             self.reference = saved[0]
+        progress = FrameCounter(ctx, job, self.frames)
+        if start < self.frames:
+            progress.rendering(start)
         last: np.ndarray | None = saved.get(start - 1)  # the frame before the next slot's key
         for slot in range(start // n if start < self.frames else self.slots, self.slots):
             key = slot * n
@@ -380,6 +383,7 @@ class Animation:
                 extra = self.record(j, slot, diffused and j == key, tween)
                 yield Rendered(job, ctx.frame_path(job, j), Image.fromarray(frame), extra=extra,
                                input_hashes=list(self.input_hashes))
+                progress.finished(j)
                 last = frame
         video = encode_frames(ctx.out_dir, job, self.frames, self.fps)
         yield Rendered(job, job.output, file=video, extra={"frames": self.frames, "fps": self.fps},

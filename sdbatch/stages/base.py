@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..core.job import InputRef, Job
 from ..io.hashing import sha256_file
@@ -30,13 +30,23 @@ class LoadedInput:
     image: Any  # PIL.Image, RGB
 
 
-class StageContext:
-    """What a stage needs from the run: the model bank, and where inputs and outputs live."""
+FrameProgress = Callable[[Job, int, int], None]  # (job, frames there, frames in all)
 
-    def __init__(self, models: Any, out_dir: Path, base_dir: Path):
+
+class StageContext:
+    """What a stage needs from the run: the model bank, and where inputs and outputs live.
+
+    ``force`` (``run --force``): a video job renders every frame again; a frame saved before this run is never
+    reused (:meth:`saved_frame` sees only the frames this run wrote, :meth:`wrote`). ``on_frames``, if set by
+    the executor, hears how far a video job is (:meth:`frames_progress`); stages never need it to be set."""
+
+    def __init__(self, models: Any, out_dir: Path, base_dir: Path, force: bool = False):
         self.models = models
         self.out_dir = out_dir
         self.base_dir = base_dir
+        self.force = force
+        self.on_frames: FrameProgress | None = None
+        self._written: set[str] = set()  # frames this run wrote (kept only with force)
 
     def input_path(self, ref: InputRef) -> Path:
         if ref.job_id:
@@ -70,8 +80,27 @@ class StageContext:
         return frames.frame_path(job, index)
 
     def saved_frame(self, job: Job, relpath: str) -> Any:
-        """The frame as saved by an earlier (possibly killed) run of this same job, or None."""
+        """The frame as saved by an earlier (possibly killed) run of this same job, or None; with ``force``,
+        only a frame this run wrote."""
+        if self.force and relpath not in self._written:
+            return None
         return frames.saved_frame(self.out_dir, job, relpath)
+
+    def frame_exists(self, job: Job, relpath: str) -> bool:
+        """Cheap: is there a file a resumed job would (nearly always) reuse? With ``force``, one this run wrote."""
+        if self.force:
+            return relpath in self._written
+        return (self.out_dir / relpath).is_file()
+
+    def wrote(self, relpath: str) -> None:
+        """The worker saved ``relpath`` (a frame) in this run."""
+        if self.force:
+            self._written.add(relpath)
+
+    def frames_progress(self, job: Job, done: int, total: int) -> None:
+        """``done`` of the ``total`` frames of ``job`` are saved (a progress display's business, if any)."""
+        if self.on_frames is not None:
+            self.on_frames(job, done, total)
 
     @staticmethod
     def generator(seed: int) -> Any:

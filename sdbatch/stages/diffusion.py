@@ -40,6 +40,11 @@ def prompt_kwargs(pipe: Any, jobs: list[Job], ctx: StageContext, guidance: float
     embeddings (so an SDXL job without a negative prompt keeps the zeroed one even beside jobs that have one).
     Pipelines of other families get the strings. ``prompts`` replaces the jobs' own prompt texts (an
     animation frame's prompt).
+
+    Texts are read as the jobs' ``prompt_syntax`` and ``clip_skip`` say (:mod:`sdbatch.stages.encoding`): a plain
+    prompt of at most 75 tokens takes the pipeline's own ``encode_prompt``; weighted, ``BREAK`` and longer ones
+    are compel's chunks, and every embedding of the call is padded with the empty prompt's chunks to the
+    longest (positive and negative alike, as A1111 pads them).
     """
     texts = list(prompts) if prompts is not None else [job.prompt for job in jobs]
     negatives = [job.negative_prompt for job in jobs]
@@ -48,29 +53,40 @@ def prompt_kwargs(pipe: Any, jobs: list[Job], ctx: StageContext, guidance: float
         return {"prompt": texts, "negative_prompt": negative_prompts(negatives)}
     import torch
 
+    from .encoding import encode_text, max_clip_skip, pad_to
+
     xl = name in SDXL_PIPELINES
     cache = getattr(ctx.models, "cached_embedding", None)
+    params = jobs[0].params
+    syntax, clip_skip = getattr(params, "prompt_syntax", None), getattr(params, "clip_skip", None)
+    if clip_skip and jobs[0].model.source == "builtin":  # --rehearse: the tiny text encoders have 3 layers
+        clip_skip = min(clip_skip, max_clip_skip(pipe, xl))
 
     def embed(text: str) -> tuple:
         def encode() -> tuple:  # only on a cache miss: even finding the execution device walks every module
-            with torch.no_grad():
-                out = pipe.encode_prompt(text, device=pipe._execution_device, num_images_per_prompt=1,
-                                         do_classifier_free_guidance=False)
-            return (out[0], out[2]) if xl else (out[0], None)
+            return encode_text(pipe, text, xl=xl, syntax=syntax, clip_skip=clip_skip)
 
         return cache(jobs[0], "xl" if xl else "sd", text, encode) if cache else encode()
 
     positive = [embed(text) for text in texts]
+    negative: list[tuple | None] = []
+    if uses_cfg(pipe, guidance):
+        # per job, as its own call with negative_prompt=job.negative_prompt or None would do it: an empty
+        # negative is SDXL's zeroed embedding (force_zeros_for_empty_prompt) whatever else is in the batch
+        zeros = xl and bool(pipe.config.force_zeros_for_empty_prompt)
+        negative = [None if zeros and not text else embed(text) for text in negatives]
+    longest = max(e[0].shape[1] for e in positive + [n for n in negative if n is not None])
+    if any(e[0].shape[1] != longest for e in positive + [n for n in negative if n is not None]):
+        empty = embed("")[0]  # a long prompt's partner gets the empty prompt's chunks
+        positive = [(pad_to(e, longest, empty), p) for e, p in positive]
+        negative = [None if n is None else (pad_to(n[0], longest, empty), n[1]) for n in negative]
     kwargs: dict[str, Any] = {"prompt_embeds": torch.cat([p[0] for p in positive])}
     if xl:
         kwargs["pooled_prompt_embeds"] = torch.cat([p[1] for p in positive])
-    if not uses_cfg(pipe, guidance):
+    if not negative:
         return kwargs
-    # per job, as its own call with negative_prompt=job.negative_prompt or None would do it: an empty
-    # negative is SDXL's zeroed embedding (force_zeros_for_empty_prompt) whatever else is in the batch
-    zeros = xl and bool(pipe.config.force_zeros_for_empty_prompt)
-    negative = [(torch.zeros_like(pos[0]), torch.zeros_like(pos[1])) if zeros and not text
-                else embed(text) for text, pos in zip(negatives, positive)]
+    negative = [(torch.zeros_like(pos[0]), torch.zeros_like(pos[1])) if n is None else n
+                for n, pos in zip(negative, positive)]
     kwargs["negative_prompt_embeds"] = torch.cat([n[0] for n in negative])
     if xl:
         kwargs["negative_pooled_prompt_embeds"] = torch.cat([n[1] for n in negative])

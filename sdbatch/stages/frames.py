@@ -40,6 +40,27 @@ def saved_frame(out_dir: Path, job: Job, relpath: str) -> Any:
         return im.convert("RGB")
 
 
+class FrameCounter:
+    """A video job's progress, told to the run (:meth:`StageContext.frames_progress`): once when the first
+    frame this run renders begins (with how many frames come before it), then after each frame. Frames
+    reused before that are not told one by one, so an ETA counts only frames that were rendered."""
+
+    def __init__(self, ctx: Any, job: Job, total: int):
+        self.ctx, self.job, self.total = ctx, job, total
+        self.begun = False
+
+    def rendering(self, index: int) -> None:
+        """Frame ``index`` is about to be rendered."""
+        if not self.begun:
+            self.begun = True
+            self.ctx.frames_progress(self.job, index, self.total)
+
+    def finished(self, index: int) -> None:
+        """Frame ``index`` is saved (rendered, or reused after the first render)."""
+        if self.begun:
+            self.ctx.frames_progress(self.job, index + 1, self.total)
+
+
 def temp_output(out_dir: Path, job: Job) -> Path:
     """A temp file beside the job's final output (``.<name>.tmp-<pid>-<rand>``: the runner's temp-file
     cleanup removes it if the run is killed), renamed into place by the worker."""

@@ -28,7 +28,7 @@ from ..config.types import Fps, Prompt, Seed, Sweep
 from ..core.job import Job
 from .base import Rendered, StageContext
 from .diffusion import prompt_kwargs, run_pipeline
-from .frames import encode_frames
+from .frames import FrameCounter, encode_frames
 
 
 class InterpolateStage(StageConfig):
@@ -132,10 +132,13 @@ def render_job(job: Job, ctx: StageContext) -> Iterator[Rendered]:
     pipe = None
     noises: list[Any] = []
     embeddings: list[dict[str, Any]] = []
+    progress = FrameCounter(ctx, job, frames)
     for k in range(frames):
         relpath = ctx.frame_path(job, k)
         if ctx.saved_frame(job, relpath) is not None:
+            progress.finished(k)
             continue  # frames are independent: a saved one is done
+        progress.rendering(k)
         if pipe is None:
             pipe = ctx.models.pipeline(job, "text2img")
             noises = [initial_noise(pipe, ctx, seed, width, height)[0] for seed in seeds]
@@ -170,6 +173,7 @@ def render_job(job: Job, ctx: StageContext) -> Iterator[Rendered]:
             extra["prompt"] = prompts[near]
             extra["prompts"] = [prompts[segment], prompts[segment + 1]]
         yield Rendered(job, relpath, image, extra=extra)
+        progress.finished(k)
     video = encode_frames(ctx.out_dir, job, frames, float(p.fps))
     yield Rendered(job, job.output, file=video, extra={"frames": frames, "fps": float(p.fps)})
 

@@ -42,7 +42,7 @@ from ..core.job import Job
 from ..io.hashing import sha256_file
 from .base import Rendered, StageContext
 from .diffusion import prompt_kwargs, run_pipeline
-from .frames import encode_frames
+from .frames import FrameCounter, encode_frames
 
 
 class Coherence(StrictModel):
@@ -285,12 +285,13 @@ def _render_job(job: Job, ctx: StageContext) -> Iterator[Rendered]:
     rendered = reused = 0
 
     def needs_motion(i: int) -> bool:  # cheap: a frame already on disk is (nearly always) reused
-        return not (ctx.out_dir / ctx.frame_path(job, i)).is_file()
+        return not ctx.frame_exists(job, ctx.frame_path(job, i))
 
     from ..runtime.models import resolve_device
 
     ahead = flow_weight > 0 and strength > 0 and resolve_device(job.device) != "cpu"
     frames = _SourceFrames(source, kept, size, ahead, needs_motion)
+    progress = FrameCounter(ctx, job, len(kept))
     try:
         t = time.perf_counter()
         for i, j, src, motion in frames:
@@ -302,6 +303,7 @@ def _render_job(job: Job, ctx: StageContext) -> Iterator[Rendered]:
                 reused += 1
                 t = clock.add("read_back", t)
             else:
+                progress.rendering(i)
                 init = src
                 if flow_weight > 0 and prev_out is not None:
                     if motion is None:  # computed here (CPU diffusion, or another job's file was in the way)
@@ -340,6 +342,7 @@ def _render_job(job: Job, ctx: StageContext) -> Iterator[Rendered]:
                 first = out
             prev_out, prev_src = out, src
             frame_files.append(ctx.out_dir / rel)
+            progress.finished(i)
             t = time.perf_counter()
     finally:
         frames.close()  # stops the thread and ffmpeg if we stop early

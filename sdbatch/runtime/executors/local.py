@@ -111,6 +111,7 @@ class LocalExecutor:
                 if self.worker is None:
                     self.worker = JobWorker(self.run)
                     self.worker.stop_requested = sink.stop_requested
+                    self.worker.on_frames = getattr(sink, "frames", None)  # a video job's frames, as they go
                 sink.started(ready)
                 unfinished.update(job.job_id for job in ready)
                 in_flight.append(self.worker.submit(ready, emit=sink.output))

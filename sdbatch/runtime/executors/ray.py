@@ -1,355 +1,396 @@
 """The Ray executor: a pool of :class:`JobWorker` actors renders batches on a Ray cluster.
 
-``sdbatch run recipe.yaml --executor ray [--workers N]`` joins the cluster at ``$RAY_ADDRESS`` when set, else
-starts a local Ray (shut down again at the end; a joined cluster is only disconnected from). One actor per
-GPU (``num_gpus=1``); on a cluster without GPUs, ``--workers`` / ``$SDBATCH_RAY_WORKERS`` CPU actors (default:
-one per CPU, at most :data:`MAX_CPU_WORKERS`). Each actor loads its models once and keeps them.
+``sdbatch run recipe.yaml --executor ray`` joins the cluster at ``$RAY_ADDRESS`` (token authentication as Ray
+reads it from the environment), else starts a local Ray (shut down at the end). Each worker asks its node for
+``num_gpus`` (default 1 on a cluster with GPUs, else 0) and ``num_cpus`` (default 1): recipe ``ray: {num_gpus,
+num_cpus}``, or ``--num-gpus`` / ``--num-cpus``. Workers are placed node by node, as many as each node holds, up
+to ``--workers`` (default: no limit with GPUs, else :data:`~.ray_cluster.MAX_CPU_WORKERS`); each loads its
+models once. Before a node gets work, a task there writes a probe file into the output folder, which the
+driver reads back and removes: a node that does not share the folder is refused (at the start: exit 2).
+Every :data:`NODE_POLL_SECONDS` the driver asks which nodes are alive: one that joins gets workers; the
+batches in flight on one that leaves are retried elsewhere.
 
-The driver dispatches a batch (from :func:`~sdbatch.runtime.executors.local.make_batches`) to an idle actor as soon
-as every job it reads has finished, so an img2img job can start while its stage's siblings are still being
-generated elsewhere; dependents of failed jobs are skipped, as locally. Actors write each output file
-atomically themselves (the output folder must be on a filesystem every node shares) and return the manifest
-records; only the driver appends to the manifest, de-duplicated by (job, path).
-
-A batch whose actor dies (killed, OOM, node lost) is retried on another or a replacement actor, up to
-:data:`MAX_ATTEMPTS` times; files it had already written are simply rewritten under the same names, and
-nothing reaches the manifest twice. Torch's CPU results depend on its thread count, so every actor uses the
-driver's thread count: a CPU run gives the same pixels as ``--executor local`` on the driver's machine.
+A batch goes to an idle, started actor once every job it reads has finished; dependents of failed jobs are
+skipped. Actors write the files atomically and return the records; only the driver appends to the manifest,
+de-duplicated by (job, path), stamping each output with the ``node`` that rendered it. A batch is lost when
+its actor or node dies, or after no progress for :data:`STALL_FACTOR` times its stage's seconds so far (at
+least :data:`STALL_FLOOR` s, plus the worker timeout while the actor loads its models); it is retried up to
+:data:`MAX_ATTEMPTS` times, rewriting the same files, recording nothing twice. With no live worker for
+``--worker-timeout`` seconds the run stops (exit 1), saying which node was lost and how to resume. Every
+actor uses the driver's torch thread count: a CPU run gives ``--executor local``'s pixels.
 """
 
 from __future__ import annotations
 
 import contextlib
-import heapq
-import logging
 import os
-from dataclasses import dataclass, replace
+import time
+from dataclasses import replace
 from typing import Any
 
 from ...core.job import Job
-from ..worker import JobResult, JobWorker, RunInfo, describe_error
+from ..worker import JobResult, JobWorker, RunInfo
 from .local import make_batches
+from .ray_cluster import (
+    MAX_CPU_WORKERS,
+    PROBE_SECONDS,
+    Node,
+    Probe,
+    RayOptions,
+    alive_nodes,
+    capacity,
+    cluster_record,
+    connect,
+    finish_probe,
+    init_failed,
+    is_lost,
+    on_node,
+    own_gpu,
+    ray_error,
+    start_probe,
+    torch_threads,
+    usage,
+    worker_env,
+)
+from .ray_schedule import Batch, Schedule, Slot
 
 MAX_ATTEMPTS = 3  # dispatches of one batch before its jobs are recorded as failed (the workers kept dying)
-MAX_CPU_WORKERS = 4  # default number of CPU workers, when neither --workers nor $SDBATCH_RAY_WORKERS is given
-WORKERS_ENV = "SDBATCH_RAY_WORKERS"
 POLL_SECONDS = 1.0  # how often the driver looks at the stop flag while batches are in flight
-
-# passed to every worker; the path-valued ones only on a local cluster (same machine, same paths)
-ENV_ALWAYS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT", "SDBATCH_DEBUG")
-ENV_LOCAL = ("SDBATCH_CACHE", "HF_HOME", "HF_HUB_CACHE")
-
-
-@dataclass
-class _Slot:
-    """One actor of the pool and the batch it is rendering (None: idle)."""
-
-    actor: Any
-    batch: _Batch | None = None
-    ref: Any = None
-    warm: bool = False  # has rendered a batch: models loaded (a replacement actor is still starting)
-
-
-@dataclass
-class _Batch:
-    index: int  # position in plan order
-    jobs: list[Job]
-    attempts: int = 0
-    waiting_for: int = 0  # inputs (jobs of this run) not yet finished
-
-
-class _Schedule:
-    """Which batches may run: a batch is ready once every job it reads has finished (or failed)."""
-
-    def __init__(self, batches: list[list[Job]]):
-        ours = {job.job_id for batch in batches for job in batch}
-        self.failed: set[str] = set()
-        self._readers: dict[str, list[_Batch]] = {}  # job id -> batches waiting for it
-        self._ready: list[tuple[int, _Batch]] = []  # heap, plan order
-        self._held: dict[int, _Batch] = {}
-        for index, jobs in enumerate(batches):
-            batch = _Batch(index, jobs)
-            deps = {dep for job in jobs for dep in job.deps if dep in ours}  # others were done before this run
-            batch.waiting_for = len(deps)
-            for dep in deps:
-                self._readers.setdefault(dep, []).append(batch)
-            if deps:
-                self._held[index] = batch
-            else:
-                self._ready.append((index, batch))
-        heapq.heapify(self._ready)
-
-    def next_ready(self) -> _Batch | None:
-        return heapq.heappop(self._ready)[1] if self._ready else None
-
-    def retry(self, batch: _Batch) -> None:
-        heapq.heappush(self._ready, (batch.index, batch))
-
-    def resolve(self, job_id: str, failed: bool) -> None:
-        if failed:
-            self.failed.add(job_id)
-        for batch in self._readers.pop(job_id, []):
-            batch.waiting_for -= 1
-            if batch.waiting_for == 0:
-                del self._held[batch.index]
-                heapq.heappush(self._ready, (batch.index, batch))
-
-    def stranded(self) -> list[Job]:
-        """Jobs of batches still waiting (none, unless an input job never resolved)."""
-        jobs = [job for _, batch in sorted(self._held.items()) for job in batch.jobs]
-        jobs += [job for _, batch in sorted(self._ready, key=lambda item: item[0]) for job in batch.jobs]
-        self._held.clear()
-        self._ready.clear()
-        return jobs
-
-
-def _usage(message: str) -> Exception:
-    from ...errors import UsageError  # printed as one line, exit code 2
-
-    return UsageError(message)
-
-
-def _worker_count(option: int | None) -> int | None:
-    if option is not None:
-        if option < 1:
-            raise _usage(f"--workers must be at least 1 (got {option})")
-        return option
-    value = os.environ.get(WORKERS_ENV, "").strip()
-    if not value:
-        return None
-    try:
-        count = int(value)
-    except ValueError:
-        count = 0
-    if count < 1:
-        raise _usage(f"${WORKERS_ENV} must be a positive integer (got {value!r})")
-    return count
-
-
-def _torch_threads() -> int:
-    """The intra-op thread count ``--executor local`` would use here (the workers copy it: same pixels)."""
-    value = os.environ.get("OMP_NUM_THREADS", "").strip()
-    if value.isdigit() and int(value) > 0:
-        return int(value)
-    import torch
-
-    return torch.get_num_threads()
-
-
-def _lost(exc: BaseException) -> bool:
-    """True when ``exc`` means the worker (process, node, object) was lost, not that the job failed."""
-    import ray.exceptions as rex
-
-    lost = [rex.RayActorError, rex.WorkerCrashedError, rex.ObjectLostError, rex.OwnerDiedError]
-    for name in ("NodeDiedError", "LocalRayletDiedError"):
-        if hasattr(rex, name):
-            lost.append(getattr(rex, name))
-    return isinstance(exc, tuple(lost))
-
-
-def _check_reachable(address: str, timeout: float = 10.0) -> None:
-    """Fail fast (a usage error) when ``host:port`` of a Ray address does not accept connections."""
-    import socket
-
-    if address == "auto":
-        return
-    target = address.split("://", 1)[-1].rstrip("/")
-    host, _, port = target.rpartition(":")
-    if not host or not port.isdigit():
-        return  # a form Ray understands and we do not: let ray.init judge it
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
-    except OSError as exc:
-        raise _usage(f"cannot reach the Ray cluster at RAY_ADDRESS={address}: {exc}") from None
-
-
-def _ray_error(exc: BaseException) -> str:
-    """One line for a batch the worker could not run: the user's exception, not Ray's wrapper."""
-    import ray.exceptions as rex
-
-    if isinstance(exc, rex.RayTaskError):
-        cause = getattr(exc, "cause", None)
-        if isinstance(cause, BaseException):
-            return describe_error(cause)
-    if isinstance(exc, rex.RayActorError) and getattr(exc, "actor_init_failed", False):
-        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-        return f"Ray worker failed to start: {lines[-1][:300] if lines else type(exc).__name__}"
-    return describe_error(exc)
+NODE_POLL_SECONDS = 2.0  # how often it asks the cluster which nodes are alive
+STALL_FACTOR = 10.0  # a batch taking this many times its stage's seconds per job so far is lost ...
+STALL_FLOOR = 60.0  # ... but never before this many seconds
+STARTUP_SECONDS = 120.0  # a worker still starting (importing, placed) counts as live this long at least
 
 
 class RayExecutor:
     """Renders batches on a pool of Ray actors; see the module docstring."""
 
-    def __init__(self, run: RunInfo, workers: int | None = None):
+    def __init__(self, run: RunInfo, workers: int | None = None, num_gpus: float | None = None,
+                 num_cpus: float | None = None, worker_timeout: float | None = None):
         # workers may run in another directory: give them absolute paths (records hold relative ones)
         self.run = replace(run, out_dir=os.path.abspath(run.out_dir), base_dir=os.path.abspath(run.base_dir))
-        self.workers = _worker_count(workers)
+        self.options = RayOptions.parse(workers, num_gpus, num_cpus, worker_timeout)
+        self.workers = self.options.workers
         self.connected = False
         self.joined = False
+        self.slots: list[Slot] = []
+        self.nodes: dict[str, Node] = {}  # live nodes that passed the probe
+        self.probes: dict[str, Probe] = {}  # node id -> its probe in flight
+        self.excluded: dict[str, str] = {}  # node id -> why it gets no work
+        self.start_failures: dict[str, int] = {}  # node id -> actors that died while starting there
+        self.lost: list[Node] = []
+        self.timings: dict[str, float] = {}  # stage -> the longest seconds per job a warm worker took
+        self.init_error: str | None = None
+        self.no_worker_since: float | None = None
+        self.stopping = False
 
-    # ------------------------------------------------------------------------------------ cluster
-    def _connect(self) -> None:
-        import ray
-
-        if ray.is_initialized():  # a caller (a notebook, a test) already connected: use it, leave it be
-            return
-        address = os.environ.get("RAY_ADDRESS", "").strip()
-        quiet = {"log_to_driver": False, "logging_level": logging.ERROR}
-        if address and address != "local":
-            _check_reachable(address)  # ray.init waits for an unreachable cluster for many minutes
-            try:
-                ray.init(address=address, **quiet)
-            except (ConnectionError, RuntimeError, ValueError) as exc:
-                hint = "" if os.environ.get("RAY_AUTH_MODE") else (
-                    " (a cluster with token authentication also needs RAY_AUTH_MODE=token and its token)")
-                raise _usage(f"cannot join the Ray cluster at RAY_ADDRESS={address}: {describe_error(exc)}{hint}") \
-                    from None
-            self.joined = True
-        else:
-            cpus = os.cpu_count() or 1
-            # --workers beyond the CPU count: give Ray that many CPU slots, or the extra actors never start
-            ray.init(address="local", num_cpus=max(cpus, self.workers or 0), include_dashboard=False, **quiet)
-        self.connected = True
-
-    def _actor_options(self) -> tuple[dict[str, Any], int]:
-        """(options for each actor, number of actors) for this cluster."""
-        import ray
-
-        resources = ray.cluster_resources()
-        gpus = int(resources.get("GPU", 0))
-        cpus = max(1, int(resources.get("CPU", 1)))
-        if gpus:
-            count = self.workers or gpus
-            if count > gpus:
-                self._say(f"Ray: {count} workers asked for, but the cluster has {gpus} GPU(s); using {gpus}")
-                count = gpus
-            options: dict[str, Any] = {"num_gpus": 1, "num_cpus": 1}
-        else:
-            count = self.workers or min(cpus, MAX_CPU_WORKERS)
-            if count > cpus and self.joined:
-                self._say(f"Ray: {count} workers asked for, but the cluster has {cpus} CPU(s); using {cpus}")
-                count = cpus
-            options = {"num_cpus": 1}
-        threads = str(_torch_threads())
-        names = ENV_ALWAYS + (() if self.joined else ENV_LOCAL)
-        env = {name: os.environ[name] for name in names if os.environ.get(name)}
-        env.update({"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads})
-        # several workers' thread teams may share the cores: sleep, rather than spin, while waiting (same results)
-        env.setdefault("OMP_WAIT_POLICY", os.environ.get("OMP_WAIT_POLICY") or "PASSIVE")
-        options["runtime_env"] = {"env_vars": env}
-        options["max_restarts"] = 0  # the driver replaces dead actors itself and re-dispatches their batch
-        return options, count
-
-    # ------------------------------------------------------------------------------------ running
+    # ------------------------------------------------------------------------------------ set-up
     def execute(self, jobs: list[Job], sink: Any) -> None:
         """Render ``jobs`` (dependency order) on the cluster. ``sink`` receives results and skips."""
         import ray
 
         self._sink = sink
-        self._connect()
-        actors: list[_Slot] = []
+        if not ray.is_initialized():  # a caller (a notebook, a test) already connected: use it, leave it be
+            # --workers beyond the CPU count: give a local Ray that many CPU slots, or the extra actors never start
+            self.joined = connect(max(os.cpu_count() or 1, self.options.workers or 0))
+            self.connected = True
         try:
-            options, count = self._actor_options()
-            if options.get("num_gpus"):
-                jobs = self._own_gpu(jobs)
-            remote_worker = ray.remote(JobWorker).options(**options)
+            jobs = self._setup(jobs)
             batches = make_batches(jobs)
-            count = max(1, min(count, len(batches)))
-            actors = [_Slot(remote_worker.remote(self.run)) for _ in range(count)]
-            self._loop(_Schedule(batches), actors, remote_worker, sink)
+            self._start()
+            self._record_cluster(sink)
+            self._loop(Schedule(batches), sink)
         finally:
-            for slot in actors:
+            for slot in self.slots:
                 with contextlib.suppress(Exception):  # already dead
                     ray.kill(slot.actor)
             if self.connected:
                 ray.shutdown()
 
-    def _loop(self, schedule: _Schedule, actors: list[_Slot], remote_worker: Any, sink: Any) -> None:
+    def _setup(self, jobs: list[Job]) -> list[Job]:
         import ray
 
-        stopping = False
+        nodes = alive_nodes()
+        gpus = any(node.resources.get("GPU", 0) > 0 for node in nodes.values())
+        o = self.options
+        self.num_gpus = o.num_gpus if o.num_gpus is not None else (1.0 if gpus else 0.0)
+        self.num_cpus = o.num_cpus if o.num_cpus is not None else 1.0
+        self.cap = o.workers or (None if self.num_gpus else MAX_CPU_WORKERS)
+        room = sum(capacity(node, self.num_gpus, self.num_cpus) for node in nodes.values())
+        if o.workers and o.workers > room:
+            self._say(f"Ray: {o.workers} workers asked for, but the cluster has room for {room} now; "
+                      "more start as nodes join")
+        self.env = worker_env(self.joined, torch_threads())
+        self.actor_options: dict[str, Any] = {"num_cpus": self.num_cpus, "runtime_env": {"env_vars": self.env},
+                                              "max_restarts": 0}  # the driver replaces dead actors itself
+        if self.num_gpus:
+            self.actor_options["num_gpus"] = self.num_gpus
+            jobs = own_gpu(jobs, self._say)
+        self.remote_worker = ray.remote(JobWorker)
+        return jobs
+
+    def _start(self) -> None:
+        """Probe the nodes there are now: one that does not see the output folder is a usage error (exit 2)."""
+        import ray
+
+        for node in alive_nodes().values():
+            self._maybe_probe(node, time.monotonic())
+        deadline = time.monotonic() + PROBE_SECONDS
+        refused: list[tuple[Node, str]] = []
+        while self.probes and time.monotonic() < deadline and not self._sink.stop_requested():
+            ready, _ = ray.wait([p.ref for p in self.probes.values()], num_returns=1, timeout=POLL_SECONDS)
+            for ref in ready:  # every probe is collected (and its file removed), even after a refusal
+                probe = next(p for p in self.probes.values() if p.ref == ref)
+                why = self._finish_probe(probe)
+                if why is not None:
+                    refused.append((probe.node, why))
+        if refused:
+            node, why = refused[0]
+            raise usage(f"error: the Ray node {node.label} does not see the output folder: {why}. Every node "
+                        "must share it at the same path (e.g. NFS), or run with --executor local")
+
+    def _record_cluster(self, sink: Any) -> None:
+        """The run's ``{"kind": "run", "event": "cluster", "ray": {...}}`` line: what each worker asked for."""
+        record = cluster_record(joined=self.joined, num_gpus=self.num_gpus, num_cpus=self.num_cpus,
+                                workers=self.cap, worker_timeout=self.options.worker_timeout,
+                                nodes=list(self.nodes.values()))
+        with sink.lock:
+            sink.manifest.append(record)
+
+    # ------------------------------------------------------------------------------------ nodes and workers
+    def _maybe_probe(self, node: Node, now: float) -> None:
+        if (node.id in self.nodes or node.id in self.probes or node.id in self.excluded
+                or not capacity(node, self.num_gpus, self.num_cpus)):
+            return
+        self.probes[node.id] = start_probe(node, self.run.out_dir, self.env, now)
+
+    def _finish_probe(self, probe: Probe) -> str | None:
+        import ray
+
+        del self.probes[probe.node.id]
+        try:
+            error = ray.get(probe.ref)
+        except Exception as exc:  # noqa: BLE001 - the node died meanwhile, or could not run the task
+            self.excluded[probe.node.id] = f"its probe failed: {ray_error(exc)}"
+            return None if is_lost(exc) else self.excluded[probe.node.id]
+        why = finish_probe(probe, self.run.out_dir, error)
+        if why is None:
+            self.nodes[probe.node.id] = probe.node
+        else:
+            self.excluded[probe.node.id] = why
+        return why
+
+    def _refresh(self, schedule: Schedule, now: float) -> None:
+        """Ask which nodes are alive: drop the lost ones' workers (their batches are retried), probe new ones,
+        start workers where there is room."""
+        alive = alive_nodes()
+        for node_id in [n for n in self.nodes if n not in alive]:
+            node = self.nodes.pop(node_id)
+            self.lost.append(node)
+            self._say(f"Ray node {node.label} lost")
+            for slot in [s for s in self.slots if s.node.id == node_id]:
+                self._drop(slot, schedule, f"node {node.label} lost")
+        for node_id, probe in list(self.probes.items()):
+            if node_id not in alive or now - probe.started > PROBE_SECONDS:
+                del self.probes[node_id]
+                self.excluded[node_id] = "its probe did not come back"
+        if self.stopping:
+            return
+        for node in alive.values():
+            self._maybe_probe(node, now)
+        self._grow(schedule)
+
+    def _grow(self, schedule: Schedule) -> None:
+        busy = sum(slot.batch is not None for slot in self.slots)
+        target = busy + len(schedule)  # never more workers than batches left
+        if self.cap is not None:
+            target = min(target, self.cap)
+        for node in self.nodes.values():
+            room = capacity(node, self.num_gpus, self.num_cpus) - sum(s.node.id == node.id for s in self.slots)
+            while room > 0 and len(self.slots) < target:
+                actor = self.remote_worker.options(**self.actor_options, scheduling_strategy=on_node(node.id)) \
+                    .remote(self.run)
+                self.slots.append(Slot(actor, node, ping=actor.__ray_ready__.remote(), created=time.monotonic()))
+                room -= 1
+
+    def _drop(self, slot: Slot, schedule: Schedule, why: str) -> None:
+        """Remove a lost worker from the pool; its batch is retried (or, after MAX_ATTEMPTS, failed)."""
+        import ray
+
+        self.slots.remove(slot)
+        with contextlib.suppress(Exception):  # already gone
+            ray.kill(slot.actor)
+        batch, slot.batch, slot.ref = slot.batch, None, None
+        if batch is None or self.stopping:
+            return  # stopping: neither retried nor failed; the next run renders these jobs
+        if batch.attempts < MAX_ATTEMPTS:
+            self._say(f"Ray worker lost ({why}); retrying {len(batch.jobs)} job(s) of stage {batch.jobs[0].stage} "
+                      "on another worker")
+            schedule.retry(batch)
+            return
+        error = f"Ray worker died {batch.attempts} times rendering this batch: {why}"
+        self._resolve(batch, [JobResult(job.job_id, error=error) for job in batch.jobs], schedule, None)
+
+    def _started(self, slot: Slot, schedule: Schedule) -> None:
+        import ray
+
+        try:
+            ray.get(slot.ping)
+        except Exception as exc:  # noqa: BLE001 - its constructor failed, or it died while starting
+            node = slot.node
+            if init_failed(exc):
+                self.init_error = ray_error(exc)
+                self.excluded[node.id] = self.init_error
+                self.nodes.pop(node.id, None)
+            else:
+                self.start_failures[node.id] = self.start_failures.get(node.id, 0) + 1
+                if self.start_failures[node.id] >= MAX_ATTEMPTS:
+                    self.excluded[node.id] = f"workers died while starting there: {ray_error(exc)}"
+                    self.nodes.pop(node.id, None)
+            self._drop(slot, schedule, ray_error(exc))
+            return
+        slot.ping = None
+
+    def _stalled(self, schedule: Schedule, now: float) -> None:
+        for slot in [s for s in self.slots if s.batch is not None]:
+            per_job = self.timings.get(slot.batch.jobs[0].stage)
+            if per_job is None:
+                continue  # nothing to judge by yet: node and worker deaths still count
+            expected = per_job * len(slot.batch.jobs)
+            bound = max(STALL_FLOOR, STALL_FACTOR * expected) + (0 if slot.warm else self.options.worker_timeout)
+            if now - slot.since > bound:
+                self._drop(slot, schedule, f"no progress on node {slot.node.label} for {now - slot.since:.0f} s, "
+                                           f"about {expected:.0f} s expected")
+
+    def _no_workers(self, schedule: Schedule, now: float) -> bool:
+        """True when the run must stop: work is left and no worker has been live for ``--worker-timeout``."""
+        grace = max(STARTUP_SECONDS, self.options.worker_timeout)  # a worker still starting counts, for a while
+        if any(slot.ready or now - slot.created < grace for slot in self.slots) or not len(schedule):
+            self.no_worker_since = None
+            return False
+        if self.init_error and not self.probes and not self.slots and not self.nodes:
+            while (batch := self._take(schedule)) is not None:  # no node can start a worker: fail what is left
+                self._resolve(batch, [JobResult(job.job_id, error=self.init_error) for job in batch.jobs],
+                              schedule, None)
+            return False
+        timeout = self.options.worker_timeout
+        lost = f"Ray node {self.lost[-1].label} was lost and no" if self.lost else "no"
+        if self.no_worker_since is None:
+            self.no_worker_since = now
+            self._say(f"Ray: {lost} worker is live; waiting up to {timeout:g} s for one (--worker-timeout)")
+            return False
+        if now - self.no_worker_since < timeout:
+            return False
+        self._sink.halt = (f"error: {lost} Ray worker was live for {timeout:g} s "
+                           f"(--worker-timeout): stopped with {schedule.jobs_left()} job(s) not rendered; finished "
+                           "outputs are kept: run the same command again to resume once the cluster has workers")
+        return True
+
+    # ------------------------------------------------------------------------------------ running
+    def _loop(self, schedule: Schedule, sink: Any) -> None:
+        import ray
+
+        next_poll = 0.0
         while True:
-            if not stopping and sink.stop_requested():
-                stopping = True  # dispatch nothing more; the batches in flight finish and are recorded
-            if not stopping:
-                self._dispatch(schedule, actors, sink)
-            busy = {slot.ref: slot for slot in actors if slot.batch is not None}
+            now = time.monotonic()
+            if not self.stopping and sink.stop_requested():
+                self.stopping = True  # dispatch nothing more; the batches in flight finish and are recorded
+            if now >= next_poll:
+                self._refresh(schedule, now)
+                next_poll = now + NODE_POLL_SECONDS
+            self._stalled(schedule, now)
+            if not self.stopping:
+                self._dispatch(schedule, sink)
+            busy = {slot.ref: slot for slot in self.slots if slot.batch is not None}
             if not busy:
-                if not stopping:
+                if self.stopping or not len(schedule):
+                    return
+                if not schedule.has_ready():
                     for job in schedule.stranded():  # cannot happen: every input is a job of this run, or done
                         sink.skipped(job, "its input jobs never finished")
+                    return
+            if not self.stopping and self._no_workers(schedule, now):
                 return
-            ready, _ = ray.wait(list(busy), num_returns=1, timeout=POLL_SECONDS)
+            pings = {slot.ping: slot for slot in self.slots if slot.ping is not None}
+            probes = {probe.ref: probe for probe in self.probes.values()}
+            waiting = [*busy, *pings, *probes]
+            if not waiting:
+                time.sleep(POLL_SECONDS)
+                continue
+            ready, _ = ray.wait(waiting, num_returns=1, timeout=POLL_SECONDS, fetch_local=False)
             for ref in ready:
-                slot = busy[ref]
-                batch = slot.batch
-                assert batch is not None
-                slot.batch, slot.ref = None, None
-                try:
-                    results: list[JobResult] = ray.get(ref)
-                except Exception as exc:  # noqa: BLE001 - sorted below: a lost worker or a failing batch
-                    if _lost(exc) and not getattr(exc, "actor_init_failed", False):
-                        self._replace(slot, remote_worker)
-                        if stopping:
-                            continue  # neither retried nor failed: the next run renders these jobs
-                        if batch.attempts < MAX_ATTEMPTS:
-                            self._say(f"Ray worker lost ({type(exc).__name__}); retrying {len(batch.jobs)} job(s) "
-                                      f"of stage {batch.jobs[0].stage} on another worker")
-                            schedule.retry(batch)
-                            continue
-                        error = f"Ray worker died {batch.attempts} times rendering this batch: {_ray_error(exc)}"
-                    else:
-                        if _lost(exc):  # its constructor failed: no retry (it would fail alike); keep the pool full
-                            self._replace(slot, remote_worker)
-                        error = _ray_error(exc)
-                    results = [JobResult(job.job_id, error=error) for job in batch.jobs]
-                else:
-                    slot.warm = True
-                by_id = {result.job_id: result for result in results}
-                for job in batch.jobs:
-                    result = by_id.get(job.job_id) or JobResult(job.job_id, error="the Ray worker returned no result")
-                    schedule.resolve(job.job_id, failed=bool(result.error))
-                    sink.finished(result)
+                if ref in busy:
+                    self._collect(busy[ref], schedule, sink)
+                elif ref in pings:
+                    self._started(pings[ref], schedule)
+                elif ref in probes and probes[ref].node.id in self.probes:
+                    why = self._finish_probe(probes[ref])
+                    if why is not None:
+                        self._say(f"Warning: Ray node {probes[ref].node.label} does not see the output folder "
+                                  f"({why}); it gets no work")
+                    self._grow(schedule)
 
-    def _dispatch(self, schedule: _Schedule, actors: list[_Slot], sink: Any) -> None:
-        """Send ready batches to idle actors (warm ones first), in plan order; skip jobs whose inputs failed."""
-        idle = sorted((slot for slot in actors if slot.batch is None), key=lambda slot: not slot.warm)
+    def _collect(self, slot: Slot, schedule: Schedule, sink: Any) -> None:
+        import ray
+
+        batch, ref = slot.batch, slot.ref
+        assert batch is not None
+        try:
+            results: list[JobResult] = ray.get(ref)
+        except Exception as exc:  # noqa: BLE001 - sorted below: a lost worker or a failing batch
+            if is_lost(exc) and not init_failed(exc):
+                self._drop(slot, schedule, type(exc).__name__)
+                return
+            slot.batch, slot.ref = None, None
+            results = [JobResult(job.job_id, error=ray_error(exc)) for job in batch.jobs]
+        else:
+            slot.batch, slot.ref = None, None
+            if slot.warm:  # a cold worker's first batch also loaded its models
+                per_job = (time.monotonic() - slot.since) / max(1, len(batch.jobs))
+                stage = batch.jobs[0].stage
+                self.timings[stage] = max(self.timings.get(stage, 0.0), per_job)
+            slot.warm = True
+        self._resolve(batch, results, schedule, slot.node)
+
+    def _resolve(self, batch: Batch, results: list[JobResult], schedule: Schedule, node: Node | None) -> None:
+        by_id = {result.job_id: result for result in results}
+        for job in batch.jobs:
+            result = by_id.get(job.job_id) or JobResult(job.job_id, error="the Ray worker returned no result")
+            if node is not None:
+                for record in result.records:
+                    record.node = node.id  # which node rendered it (the manifest's line; not in the PNG)
+            schedule.resolve(job.job_id, failed=bool(result.error))
+            self._sink.finished(result)
+
+    def _dispatch(self, schedule: Schedule, sink: Any) -> None:
+        """Send ready batches to idle started actors (warm ones first), in plan order; skip jobs whose inputs
+        failed."""
+        idle = sorted((slot for slot in self.slots if slot.ready and slot.batch is None), key=lambda s: not s.warm)
         while idle:
-            batch = schedule.next_ready()
+            batch = self._take(schedule)
             if batch is None:
                 return
+            batch.attempts += 1
+            slot = idle.pop(0)
+            slot.batch, slot.since = batch, time.monotonic()
+            slot.ref = slot.actor.__call__.remote(batch.jobs, None)
+            sink.started(batch.jobs)
+
+    def _take(self, schedule: Schedule) -> Batch | None:
+        """The next ready batch, less its jobs whose inputs failed (skipped here); None when none is ready."""
+        while (batch := schedule.next_ready()) is not None:
             ready = []
             for job in batch.jobs:
                 bad = [dep for dep in job.deps if dep in schedule.failed]
                 if bad:
                     schedule.resolve(job.job_id, failed=True)
-                    sink.skipped(job, f"input job {bad[0][:8]} failed or was skipped")
+                    self._sink.skipped(job, f"input job {bad[0][:8]} failed or was skipped")
                 else:
                     ready.append(job)
-            if not ready:
-                continue
-            batch.jobs = ready
-            batch.attempts += 1
-            slot = idle.pop(0)
-            slot.batch = batch
-            slot.ref = slot.actor.__call__.remote(ready, None)
-            sink.started(ready)
-
-    def _own_gpu(self, jobs: list[Job]) -> list[Job]:
-        """A GPU worker sees only the GPU Ray gave it (as cuda:0): ``device: cuda:N`` means that one there."""
-        pinned = sorted({job.device for job in jobs if job.device.startswith("cuda:")})
-        if not pinned:
-            return jobs
-        self._say(f"Ray: device {', '.join(pinned)} runs on each worker's own GPU")
-        return [replace(job, device="cuda") if job.device.startswith("cuda:") else job for job in jobs]
-
-    def _replace(self, slot: _Slot, remote_worker: Any) -> None:
-        import ray
-
-        with contextlib.suppress(Exception):  # already gone
-            ray.kill(slot.actor)
-        slot.actor = remote_worker.remote(self.run)
-        slot.warm = False
+            if ready:
+                batch.jobs = ready
+                return batch
+        return None
 
     def _say(self, message: str) -> None:
         say = getattr(getattr(self, "_sink", None), "progress", None)
