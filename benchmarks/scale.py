@@ -3,7 +3,8 @@
 - ``plan --json`` time and peak memory on the N-job recipe,
 - a no-op ``run`` (every output done) time and peak memory,
 - the gallery: the first build (thumbnails and contact sheets made) and a rebuild (nothing changed),
-- the largest contact sheet in pixels, the number of sheets and gallery pages.
+- the largest contact sheet in pixels, the number of sheets and gallery pages,
+- ``index.html`` and gallery pages opened in headless Chromium: console messages (goal: none).
 
     python benchmarks/scale.py [--n 20000 100000] [--keep DIR]
 
@@ -136,6 +137,29 @@ def sheets(out: Path) -> tuple[int, int, tuple[int, int]]:
     return count, pages, largest
 
 
+def browser(out: Path, profile: Path) -> str:
+    """Open ``index.html`` and the first and last gallery page in headless Chromium (as a user's browser would:
+    lazy images, file:// URLs): the pages opened and the page console messages (any is a failure)."""
+    import shutil
+
+    chrome = next((shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome")
+                   if shutil.which(name)), None)
+    if chrome is None:
+        return "chromium not installed: not checked"
+    pages = sorted((out / "gallery").glob("*.html")) if (out / "gallery").is_dir() else []
+    opened, messages, start = 0, [], time.perf_counter()
+    for page in [out / "index.html", *pages[:1], *pages[-1:]]:
+        proc = subprocess.run([chrome, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                               "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                               f"--user-data-dir={profile / page.stem}", "--disable-dev-shm-usage",
+                               "--enable-logging=stderr", "--v=0", "--virtual-time-budget=10000", "--dump-dom",
+                               page.as_uri()], capture_output=True, text=True, timeout=120, check=False)
+        opened += proc.returncode == 0 and "</html>" in proc.stdout.lower()
+        messages += [line for line in proc.stderr.splitlines() if ":CONSOLE" in line]
+    return (f"{opened} of {1 + len(pages[:1]) + len(pages[-1:])} page(s) opened in {time.perf_counter() - start:.1f} s,"
+            f" {len(messages)} console message(s){': ' + messages[0] if messages else ''}")
+
+
 def bench(n: int, root: Path) -> None:
     root.mkdir(parents=True, exist_ok=True)
     recipe = root / "scale.yaml"
@@ -168,6 +192,7 @@ def bench(n: int, root: Path) -> None:
     print(f"  gallery, nothing changed    {seconds:6.2f} s  {peak:6.0f} MB", flush=True)
     print(f"  largest sheet               {largest[0]} x {largest[1]} px = {largest[0] * largest[1] / 1e6:.1f} Mpx",
           flush=True)
+    print(f"  headless chromium           {browser(out, root / 'chromium')}", flush=True)
 
 
 def main() -> None:

@@ -17,13 +17,13 @@ class UsageError(Exception):
 
 
 class ModelUnavailable(RuntimeError):
-    """A model that cannot be fetched or loaded. ``str()`` is one whole line saying why (``reason``), then an
-    indented line per hint (what to do, the underlying error); ``case`` names the kind of failure (for a hub
+    """A model that cannot be fetched or loaded. ``str()`` is one line: why (``reason``, whole), then
+    each hint after ``; `` (what to do, the underlying error); ``case`` names the kind of failure (for a hub
     model: offline, network, gated, not_found, revision, not_pipeline, http, other; see
     :mod:`sdbatch.sources.hub_errors`)."""
 
     def __init__(self, reason: str, *, case: str = "other", hints: list[str] | tuple[str, ...] = ()):
-        super().__init__("\n".join([reason, *(f"  {hint}" for hint in hints)]))
+        super().__init__("; ".join([reason, *hints]))  # one line: the CLI's `error: ...` convention
         self.reason, self.case, self.hints = reason, case, list(hints)
 
 

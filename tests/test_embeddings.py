@@ -183,3 +183,12 @@ def test_pickle_embedding_loads_with_allow_pickle(tmp_path):
     record = [json.loads(line) for line in (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()
               if '"kind": "output"' in line][0]
     assert np.array_equal(pixels(tmp_path / "out" / record["path"]), reference(True))
+
+
+def test_reproduce_finds_the_embedding_by_content(rendered, project):
+    """``reproduce`` of a job with an embedding locates the file from the record (path + sha256) and matches."""
+    out, records = rendered
+    result = run_cli("reproduce", out / records["with_ti"]["path"], "--out", project / "repro", cwd=project,
+                     env=THREADS)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "match" in result.stdout

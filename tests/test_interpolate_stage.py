@@ -32,6 +32,31 @@ stages:
     seeds: [3, 9]
     frames: 3
     fps: 8
+  - name: longstill          # 24 x 6 tokens: a prompt of two 75-token chunks
+    type: generate
+    prompt: >-
+      a lighthouse on a cliff, a lighthouse on a cliff, a lighthouse on a cliff, a lighthouse on a cliff,
+      a lighthouse on a cliff, a lighthouse on a cliff, a lighthouse on a cliff, a lighthouse on a cliff,
+      a lighthouse on a cliff, a lighthouse on a cliff, a lighthouse on a cliff, a lighthouse on a cliff,
+      a lighthouse on a cliff, a lighthouse on a cliff, a lighthouse on a cliff, a lighthouse on a cliff,
+      a lighthouse on a cliff, a lighthouse on a cliff, a lighthouse on a cliff, a lighthouse on a cliff,
+      a lighthouse on a cliff, a lighthouse on a cliff, a lighthouse on a cliff, a lighthouse on a cliff
+    seeds: [9]
+    batch_size: 1
+  - name: longmorph          # the long prompt beside a short one: one common length
+    type: interpolate
+    prompts:
+      - a lighthouse
+      - >-
+        a lighthouse on a cliff, a lighthouse on a cliff, a lighthouse on a cliff, a lighthouse on a cliff,
+        a lighthouse on a cliff, a lighthouse on a cliff, a lighthouse on a cliff, a lighthouse on a cliff,
+        a lighthouse on a cliff, a lighthouse on a cliff, a lighthouse on a cliff, a lighthouse on a cliff,
+        a lighthouse on a cliff, a lighthouse on a cliff, a lighthouse on a cliff, a lighthouse on a cliff,
+        a lighthouse on a cliff, a lighthouse on a cliff, a lighthouse on a cliff, a lighthouse on a cliff,
+        a lighthouse on a cliff, a lighthouse on a cliff, a lighthouse on a cliff, a lighthouse on a cliff
+    seeds: [3, 9]
+    frames: 3
+    fps: 8
 """
 
 
@@ -142,3 +167,15 @@ def test_the_example_dream_recipe_validates():
     assert "model: stabilityai/sd-turbo" in text
     result = run_cli("validate", REPO / "recipes" / "dream.yaml")
     assert result.returncode == 0, result.stderr
+
+
+def test_a_long_prompt_interpolates_with_a_short_one(dream_run):
+    """A prompt over 75 tokens beside a short one: the short one's embedding is padded with the empty prompt's
+    chunk to the long one's length (as A1111 pads), so the path renders; the long end frame is the generate
+    image of its prompt and seed (whose short negative prompt is padded the same way)."""
+    frames = frames_of(dream_run, "longmorph")
+    assert len(frames) == 3
+    [long] = [r for r in manifest_records(dream_run, "output") if r["stage"] == "longstill"]
+    assert np.array_equal(png_pixels(dream_run / frames[2]["path"]), png_pixels(dream_run / long["path"]))
+    short = png_pixels(dream_run / frames[0]["path"]) - stills(dream_run)[("a lighthouse", 3)]
+    assert np.abs(short).mean() < 8  # the padding moves pixels (random tiny weights: a few levels), not the picture

@@ -60,16 +60,14 @@ def run(tmp_path: Path, capsys, text: str = RECIPE) -> tuple[int, list[str], Pat
 
 
 def check_refusal(code: int, lines: list[str], out: Path, *fragments: str) -> str:
-    """Exit 2, one complete ``error:`` line naming the case, indented hints saying what to do, nothing made."""
+    """Exit 2, one ``error:`` line: first the complete reason naming the case, then what to do; nothing made."""
     assert code == 2, lines
-    assert lines and lines[0].startswith("error: "), lines
-    assert not any("Traceback" in line for line in lines)
-    assert all(line.startswith("  ") for line in lines[1:]), lines  # hints are indented under the one error line
-    first = lines[0]
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    reason, _, hints = lines[0].partition("; to fix: ")
     for fragment in fragments:
-        assert fragment in first, first
-    assert "..." not in first and (first[-1].isalnum() or first[-1] in ")."), first  # complete, never cut
-    hints = "\n".join(lines[1:])
+        assert fragment in reason, reason
+    assert hints, lines[0]
+    assert "..." not in reason and (reason[-1].isalnum() or reason[-1] in ")."), reason  # complete, never cut
     assert "--rehearse" in hints and ".safetensors" in hints
     assert not out.exists()  # nothing created: not the folder, its lock, a manifest or a seed store
     return hints
@@ -149,16 +147,16 @@ def test_offline_with_an_empty_cache_through_the_real_cli(tmp_path):
     result = run_cli("run", recipe, "--out", out, env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(home),
                                                        "HF_HUB_CACHE": ""})
     lines = result.stderr.splitlines()
-    assert lines[0] == (f"error: model '{REPO_ID}' is not in the local Hugging Face cache ({home / 'hub'}) and "
-                        "downloads are off (HF_HUB_OFFLINE=1)"), result.stderr
+    assert lines[0].startswith(f"error: model '{REPO_ID}' is not in the local Hugging Face cache ({home / 'hub'}) "
+                               "and downloads are off (HF_HUB_OFFLINE=1); to fix: "), result.stderr
     check_refusal(result.returncode, lines, out)
     assert f"`hf download {REPO_ID}`" in result.stderr
     assert list(home.iterdir()) == [] or not any(p.is_file() for p in home.rglob("*"))  # nothing was downloaded
 
 
-def test_the_message_is_one_first_line_then_hints():
+def test_the_message_is_one_line_reason_first_then_what_to_do():
     exc = ModelUnavailable("model 'a/b' is gated", case="gated", hints=["to fix: log in", "or --rehearse"])
-    assert str(exc).splitlines() == ["model 'a/b' is gated", "  to fix: log in", "  or --rehearse"]
+    assert str(exc) == "model 'a/b' is gated; to fix: log in; or --rehearse"
     assert exc.reason == "model 'a/b' is gated" and exc.case == "gated"
 
 

@@ -229,6 +229,8 @@ def test_lost_node_loses_only_its_batch(recipe: Path, local_run: dict[str, Path]
     out, log = tmp_path / "out", tmp_path / "run.log"
     cli = _run(recipe, out, log, cluster, "--workers", "2")
     _until(lambda: _recorded(out) >= 1 and cluster.workers("node1", busy=True), cli, log, "node1 rendered a batch")
+    for worker in cluster.workers("node1"):  # held, so its batch is still in flight when the node dies,
+        worker.suspend()                     # however fast the renders are
     os.kill(cluster.raylet("node1").pid, signal.SIGKILL)  # a preempted spot instance
     recorded_at_kill = _recorded(out)
     code, text = _wait(cli, log)
@@ -249,6 +251,8 @@ def test_no_live_worker_stops_then_resumes(recipe: Path, local_run: dict[str, Pa
     out, log = tmp_path / "out", tmp_path / "run.log"
     cli = _run(recipe, out, log, cluster, "--worker-timeout", "5")
     _until(lambda: _recorded(out) >= 1, cli, log, "an output was recorded")
+    for worker in cluster.workers("node1"):  # held: the run cannot finish before the node is gone
+        worker.suspend()
     lost = cluster.raylet("node1")
     os.kill(lost.pid, signal.SIGKILL)
     started = time.monotonic()

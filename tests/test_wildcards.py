@@ -67,6 +67,11 @@ def test_random_wildcards_draw_from_the_seed_and_resume_draws_the_same(tmp_path,
         assert prompt == f"(masterpiece:1.2), a {colour} {animal} in a forest, [blurry], 50% #1"
     assert len(set(prompts.values())) > 1, "the seeds drew different prompts"
     assert all(r["prompt_template"] == TEMPLATE for r in records)
+    capsys.readouterr()
+    assert cli.main(["inspect", str(out / records[0]["path"])]) == 0  # the template as written, beside the prompt
+    shown = capsys.readouterr().out
+    fields = {line.split(":", 1)[0]: line.split(":", 1)[1].strip() for line in shown.splitlines() if ":" in line}
+    assert fields["prompt template"] == TEMPLATE and fields["prompt"] == records[0]["prompt"]
     plain = [r for r in manifest_records(out, "output") if r["stage"] == "plain"]
     assert plain[0]["prompt"] == "a plain lighthouse, (soft:1.1), [x]" and "prompt_template" not in plain[0]
     # the plan before the run drew the same prompts the run rendered; a re-plan and a re-run do too

@@ -87,7 +87,11 @@ def describe(found: Found) -> list[str]:
     if r.frame is not None:
         lines.append(("frame", _fmt(r.frame.index)))
     lines.append(("prompt", r.effective_prompt))
+    if r.prompt_template:  # wildcards: the prompt as written, before it was expanded
+        lines.append(("prompt template", r.prompt_template))
     lines.append(("negative prompt", r.negative_prompt or "(none)"))
+    if r.negative_prompt_template:
+        lines.append(("negative template", r.negative_prompt_template))
     lines.append(("seed", _fmt(r.effective_seed)))
     lines += _parameters(found) + _provenance(found)
     lines += [("untrusted", f"metadata field '{name}': {why}; not followed") for name, why in found.untrusted]

@@ -119,7 +119,8 @@ def recorded_model(model_id: Any, revision: Any, source: Any, bases: list[Path],
 
 
 def aux_models(params: dict[str, Any], found: Found, bases: list[Path]) -> dict[str, Any]:
-    """The job's extra model sources recorded in its params: LoRA files, a VAE override, a pipeline config."""
+    """The job's extra model sources recorded in its params: LoRA and embedding files, a VAE override, a pipeline
+    config."""
     from ..core.job import ModelRef
     from ..sources.specs import local_model_path, parse_identity
 
@@ -127,6 +128,9 @@ def aux_models(params: dict[str, Any], found: Found, bases: list[Path]) -> dict[
     for lora in params.get("loras") or []:
         path = locate_input(lora.get("path"), lora.get("sha256"), "LoRA", found, set(), bases)
         aux[f"lora:{lora['sha256']}"] = ModelRef(lora["path"], lora["sha256"], "file", str(path))
+    for embedding in params.get("embeddings") or []:  # textual inversion files, found by content like LoRAs
+        path = locate_input(embedding.get("path"), embedding.get("sha256"), "embedding", found, set(), bases)
+        aux[f"embedding:{embedding['sha256']}"] = ModelRef(embedding["path"], embedding["sha256"], "file", str(path))
     if isinstance(params.get("vae"), str):
         aux["vae"] = recorded_model(*parse_identity(params["vae"]), bases, what="VAE")
     config = params.get("pipeline_config")

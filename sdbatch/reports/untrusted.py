@@ -6,8 +6,9 @@ they use a record read from a PNG anyone may have made (or from a manifest besid
   deeper than :data:`MAX_DEPTH`, lone surrogates: refused), then typed as an
   :class:`~sdbatch.core.record.OutputRecord` (wrong types: refused).
 - **Paths**: every path a record names (``path``, ``stage``, ``inputs[i].path``, a local ``model.id``,
-  ``params.loras[i].path``, a local ``params.vae`` or ``params.pipeline_config``) must be relative, without
-  ``..``, ``~``, backslashes or control characters (:func:`path_problems`), and is looked up only where it
+  ``params.loras[i].path``, ``params.embeddings[i].path``, a local ``params.vae`` or ``params.pipeline_config``)
+  must be relative, without ``..``, ``~``, backslashes or control characters (:func:`path_problems`), and is
+  looked up only where it
   resolves inside the folder it is compared in (:func:`inside`: no symlink out of it). ``recipe.dir``
   (absolute by nature) is never followed, and a recipe path that is not relative is looked up by its file
   name only. ``reproduce`` writes only under ``--out``.
@@ -164,6 +165,10 @@ def path_problems(record: OutputRecord) -> list[tuple[str, str]]:
     for i, lora in enumerate(loras if isinstance(loras, list) else []):
         path = lora.get("path") if isinstance(lora, dict) else lora
         found.append((f"params.loras[{i}].path", relpath_problem(path)))
+    embeddings = params.get("embeddings")
+    for i, embedding in enumerate(embeddings if isinstance(embeddings, list) else []):
+        path = embedding.get("path") if isinstance(embedding, dict) else embedding
+        found.append((f"params.embeddings[{i}].path", relpath_problem(path)))
     vae = params.get("vae")
     if isinstance(vae, str):
         from ..sources.specs import parse_identity

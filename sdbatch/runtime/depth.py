@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from ..core.job import ModelRef
-from ..errors import ModelUnavailable
+from ..errors import ModelUnavailable, one_line
 from ..sources.specs import locate_model, model_folder
 from ..sources.weights import ensure_loadable, safetensors_only
 
@@ -79,8 +79,8 @@ def load_depth_model(source: ModelRef | str | Path, device: str = "cpu", dtype: 
         model = AutoModelForDepthEstimation.from_pretrained(str(folder), dtype=dtype or torch.float32,
                                                             use_safetensors=safetensors_only(allow_pickle))
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelUnavailable(f"depth model {name!r} could not be loaded: {first[:200]}") from None
+        reason = one_line(str(exc), 400) or type(exc).__name__  # the whole reason on one line, never cut mid-word
+        raise ModelUnavailable(f"depth model {name!r} could not be loaded: {reason}") from None
     model.to(device)
     model.eval()
     return model, processor

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.job import Job
-from ..errors import ModelUnavailable
+from ..errors import ModelUnavailable, one_line
 from ..io.hashing import sha256_file
 from ..sources.weights import ensure_loadable
 
@@ -53,8 +53,8 @@ def apply_embeddings(state: dict[str, Any], job: Job, pipe: Any) -> None:
                 pipe.load_textual_inversion(vectors.to(encoder.dtype), token=token, tokenizer=tokenizer,
                                             text_encoder=encoder)
             except ValueError as exc:  # e.g. the token is already a word of the tokenizer's vocabulary
-                raise ModelUnavailable(f"embedding {ref.path!r} (token {token!r}): {str(exc).splitlines()[0][:200]}"
-                                       ) from None
+                raise ModelUnavailable(f"embedding {ref.path!r} (token {token!r}): "
+                                       f"{one_line(str(exc), 400) or type(exc).__name__}") from None
             finally:
                 added = [t for t in tokenizer.get_added_vocab() if t not in before]
                 state.setdefault("added", []).append((tokenizer, encoder, added))

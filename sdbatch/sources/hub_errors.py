@@ -1,8 +1,8 @@
 """Why a Hugging Face Hub model cannot be had, in words a user can act on.
 
 :func:`unavailable` turns whatever huggingface_hub or diffusers raised (walking its causes: diffusers wraps
-the hub's error in its own) into a :class:`~sdbatch.errors.ModelUnavailable` whose first line names the case
-whole, never cut:
+the hub's error in its own) into a :class:`~sdbatch.errors.ModelUnavailable` whose one line first names the
+case whole, never cut:
 
 - ``offline``: not in the local cache, and offline (``HF_HUB_OFFLINE=1``, or ``LocalEntryNotFoundError``);
 - ``network``: the Hub could not be reached (DNS, refused connection, timeout, proxy);
@@ -11,8 +11,8 @@ whole, never cut:
 - ``revision``: no such revision; ``not_pipeline``: the repository has no file a pipeline needs;
 - ``http``: another answer from the Hub (5xx, 429, ...); ``other``: anything else.
 
-Indented hint lines follow: what to do (``hf download <id>``, a local ``.safetensors`` path, ``--rehearse``),
-and the underlying error's own words (whitespace collapsed, shortened at a word boundary at most).
+Hints follow on the same line, after ``; to fix:``: what to do (``hf download <id>``, a local ``.safetensors``
+path, ``--rehearse``), and the underlying error's own words (whitespace collapsed, shortened at a word boundary at most).
 """
 
 from __future__ import annotations

@@ -238,7 +238,8 @@ def _recorded_hub(model_id: str, revision: str, what: str) -> ModelRef:
     try:
         return fetch_hub_model(ModelRef(model_id, revision, "hub", None))
     except ModelUnavailable as exc:
-        raise ModelUnavailable(f"{exc} (needed at commit {revision[:12]})") from None
+        raise ModelUnavailable(f"{exc.reason} (needed at commit {revision[:12]})", case=exc.case,
+                               hints=exc.hints) from None  # the commit on the first line, the hints under it
 
 
 def locate_recorded_model(model_id: Any, revision: Any, source: Any, bases: list[Path], what: str = "model") -> Any:

@@ -142,12 +142,12 @@ def render_job(job: Job, ctx: StageContext) -> Iterator[Rendered]:
         if pipe is None:
             pipe = ctx.models.pipeline(job, "text2img")
             noises = [initial_noise(pipe, ctx, seed, width, height)[0] for seed in seeds]
-            if prompts:
-                cache: dict[str, dict[str, Any]] = {}
-                for text in prompts:
-                    if text not in cache:
-                        cache[text] = prompt_kwargs(pipe, [job], ctx, p.guidance, [text])
-                    embeddings.append(cache[text])
+            if prompts:  # encoded together, so a prompt over 75 tokens and its partners share one length
+                distinct = list(dict.fromkeys(prompts))
+                together = prompt_kwargs(pipe, [job] * len(distinct), ctx, p.guidance, distinct)
+                cache = {text: {name: None if value is None else value[i:i + 1] for name, value in together.items()}
+                         for i, text in enumerate(distinct)}
+                embeddings.extend(cache[text] for text in prompts)
         segment, t = path_point(k, frames, len(seeds))
         if t == 0.0:
             latents = noises[segment].clone()
