@@ -228,7 +228,11 @@ def test_lost_node_loses_only_its_batch(recipe: Path, local_run: dict[str, Path]
     cluster.start("node1")
     out, log = tmp_path / "out", tmp_path / "run.log"
     cli = _run(recipe, out, log, cluster, "--workers", "2")
-    _until(lambda: _recorded(out) >= 1 and cluster.workers("node1", busy=True), cli, log, "node1 rendered a batch")
+    def node1_rendered_and_busy() -> bool:  # both nodes have outputs recorded, and node1 renders another batch
+        nodes = {r.get("node") for r in _so_far(out) if r.get("kind") == "output"}
+        return len(nodes) >= 2 and bool(cluster.workers("node1", busy=True))
+
+    _until(node1_rendered_and_busy, cli, log, "node1 rendered a batch and took another")
     for worker in cluster.workers("node1"):  # held, so its batch is still in flight when the node dies,
         worker.suspend()                     # however fast the renders are
     os.kill(cluster.raylet("node1").pid, signal.SIGKILL)  # a preempted spot instance
