@@ -1,30 +1,40 @@
 #!/usr/bin/env python
-"""Restyle benchmark: temporal flicker with coherence off vs on, and the time spent outside diffusion.
+"""Restyle benchmark: flicker and warp error for coherence off / flow / ControlNet / cross-frame, seconds per
+frame (with frames batched when nothing ties them together), and the time spent outside diffusion.
 
-One recipe restyles one clip twice, in one ``sdbatch run`` (one process, one model load):
+One recipe restyles one clip several times, in one ``sdbatch run`` (one process, one model load), each stage
+with the same prompt, seeds, steps and strength:
 
-* ``off``: ``coherence: {flow: 0, color: none}``
-* ``on``:  ``coherence: {flow: 0.5, color: lab}`` (``--flow`` / ``--color``)
+* ``off``:         ``coherence: {flow: 0, color: none}``, one frame per diffusion call
+* ``batched``:     the same, ``batch_size: --batch`` (frames do not depend on each other: rendered N at a time)
+* ``flow``:        ``coherence: {flow: --flow, color: --color}`` (the previous frame, flow-warped, blended in)
+* ``controlnet``:  ``off`` + ``controlnet: [{model: --controlnet, preprocess: canny}]`` (each source frame's edges)
+* ``cross-frame``: ``off`` + ``coherence.cross_frame: true`` (self-attention also attends to frame 0's keys/values)
 
-(a) **Flicker** (:func:`sdbatch.stages.restyle.flicker`): the mean absolute difference (0..255) between each
-restyled frame and the previous restyled frame warped onto it by the optical flow of the *source* frames,
-over the pixels that pass the forward-backward check. The source clip's own figure is printed for scale.
+Figures per stage (over the frames, 0..255 levels):
 
-(b) **Time outside diffusion**, from the ``timing`` the stage writes on its mp4's manifest line:
-``overhead`` = decode + flow + colour + frame read-back + mp4 encode (the stage's own work),
-``other`` = the rest (the worker writing each frame's PNG and manifest line, hashing the input),
-both as a share of the stage's time without the one-off model load. Goal: < 5 %.
+(a) **change**: the mean absolute frame-to-frame change of the output, ``mean |out[t] - out[t-1]|``, and the
+    same of the source clip: ``change / source`` above 1 means the restyle moves more than the footage does.
+(b) **warp error** (:func:`sdbatch.stages.restyle.flicker`): the previous output warped onto the current one by
+    the optical flow of the *source* frames (forward-backward checked), against the current output, on the
+    pixels that pass the check: what is left when the real motion is taken out.
+(c) **s/frame**: the stage's time less the one-off model load (and ControlNet load), per frame; and the
+    ``timing`` the stage writes on its mp4's manifest line: ``overhead`` = decode + flow + colour + frame
+    read-back + mp4 encode, ``non-diff`` = everything but diffusion (incl. the worker writing PNGs), as shares.
 
 Examples::
 
-    python benchmarks/restyle_flicker.py                              # CPU, tiny random-weight model, 64x48
+    python benchmarks/restyle_flicker.py                              # CPU, tiny random-weight models, 64x48
     python benchmarks/restyle_flicker.py --frames 48 --steps 4 --json out.json
     python benchmarks/restyle_flicker.py --arch sd15 --size 512x512 --steps 20 --device cuda --dtype float16
 
 ``--arch sd15`` builds a randomly initialised full-size SD1.5 pipeline (sdbatch/configs/sd15, the tiny
-tokenizer) into ``--cache`` once, so diffusion costs what it costs with real SD1.5 weights (the pixels
-are meaningless; use it for timing). The default model is the built-in ``sdbatch/tiny-sd`` (random
-weights too): flicker figures then show what coherence does to frames, not how a trained model looks.
+tokenizer) and a ControlNet of its UNet (``ControlNetModel.from_unet``) into ``--cache`` once, so diffusion costs
+what it costs with real weights (the pixels are meaningless; use it for timing). The default models are the
+built-in ``sdbatch/tiny-sd`` and ``sdbatch/tiny-controlnet`` (random weights too): the figures then show what
+each mechanism does to frames mechanically, not how a trained model looks (see docs/restyle-flicker.md).
+On a CPU shared with other work, set ``OMP_NUM_THREADS=1``: torch's thread pool otherwise spin-waits against the
+other load and per-stage timings vary several-fold between runs.
 """
 
 from __future__ import annotations
@@ -83,19 +93,52 @@ def build_sd15_random(folder: Path) -> Path:
     return folder
 
 
-def recipe_text(args: argparse.Namespace, model: str) -> str:
+STAGES = ("off", "batched", "flow", "controlnet", "cross-frame")
+
+
+def build_controlnet_random(model: Path, folder: Path) -> Path:
+    """A ControlNet of ``model``'s UNet config with random weights (``from_unet``), built once."""
+    if (folder / "config.json").exists():
+        return folder
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(str(model / "unet"))
+    net = ControlNetModel.from_unet(unet)
+    tmp = folder.with_name(folder.name + ".partial")
+    net.save_pretrained(tmp, safe_serialization=True)
+    os.replace(tmp, folder)
+    return folder
+
+
+def recipe_text(args: argparse.Namespace, model: str, controlnet: str) -> str:
     common = (f"input: clips/{args.clip_name}, prompt: {json.dumps(args.prompt)}, strength: {args.strength}, "
               f"steps: {args.steps}, guidance: {args.guidance}, seed: {args.seed}, "
               f"seed_behavior: {args.seed_behavior}")
-    return (
-        "name: flicker\n"
-        f"model: {json.dumps(model)}\n"
-        f"device: {args.device}\n"
-        f"dtype: {args.dtype}\n"
-        "stages:\n"
-        f"  - {{name: 'off', type: restyle, {common}, coherence: {{flow: 0.0, color: none}}}}\n"
-        f"  - {{name: 'on', type: restyle, {common}, coherence: {{flow: {args.flow}, color: {args.color}}}}}\n"
-    )
+    off = "coherence: {flow: 0.0, color: none}"
+    stages = {
+        "off": off,
+        "batched": f"{off}, batch_size: {args.batch}",
+        "flow": f"coherence: {{flow: {args.flow}, color: {args.color}}}",
+        "controlnet": f"{off}, controlnet: [{{model: {json.dumps(controlnet)}, preprocess: canny}}]",
+        "cross-frame": "coherence: {flow: 0.0, color: none, cross_frame: true}",
+    }
+    lines = [f"  - {{name: '{name}', type: restyle, {common}, {stages[name]}}}\n" for name in args.stages]
+    return (f"name: flicker\nmodel: {json.dumps(model)}\ndevice: {args.device}\ndtype: {args.dtype}\nstages:\n"
+            + "".join(lines))
+
+
+def frame_change(frames: Any) -> float:
+    """The mean absolute frame-to-frame change (0..255) of a stream of HxWx3 uint8 frames."""
+    import numpy as np
+
+    total, pairs, prev = 0.0, 0, None
+    for frame in frames:
+        frame = np.asarray(frame, dtype=np.float32)
+        if prev is not None:
+            total += float(np.abs(frame - prev).mean())
+            pairs += 1
+        prev = frame
+    return total / pairs if pairs else 0.0
 
 
 def stage_figures(out: Path, stage: str, sources: Path, size: tuple[int, int]) -> dict[str, Any]:
@@ -117,8 +160,10 @@ def stage_figures(out: Path, stage: str, sources: Path, size: tuple[int, int]) -
 
     source_frames = (f for _, f in iter_frames(sources, size=size))
     info = video["video"]  # the mp4's record: {"frames", "fps", "audio", "timing"}
-    return {"flicker": flicker(outputs(), source_frames), "frames": info["frames"], "fps": info["fps"],
-            "timing": info["timing"]}
+    t = info["timing"]
+    return {"warp_error": flicker(outputs(), source_frames), "change": frame_change(outputs()),
+            "frames": info["frames"], "fps": info["fps"],
+            "s_per_frame": (t["total_s"] - t["model_load_s"]) / max(1, info["frames"]), "timing": t}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompt", default="anime style, cel shading")
     parser.add_argument("--flow", type=float, default=0.5)
     parser.add_argument("--color", default="lab", choices=["none", "lab", "hsv", "rgb"])
+    parser.add_argument("--batch", type=int, default=4, help="batch_size of the 'batched' stage")
+    parser.add_argument("--controlnet", default="sdbatch/tiny-controlnet", help="the 'controlnet' stage's model")
+    parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
     parser.add_argument("--out", type=Path, help="work folder (default: a temp folder)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
@@ -165,13 +213,15 @@ def main(argv: list[str] | None = None) -> int:
     info = probe_video(source)
     size = (info.width // 8 * 8, info.height // 8 * 8)
 
-    model = args.model
+    model, controlnet = args.model, args.controlnet
     if args.arch == "sd15":
         started = time.perf_counter()
         model = str(build_sd15_random(args.cache / "sd15-random").resolve())
+        if "controlnet" in args.stages:
+            controlnet = str(build_controlnet_random(Path(model), args.cache / "sd15-controlnet-random").resolve())
         print(f"random-weight SD1.5 at {model} ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
     recipe = work / "flicker.yaml"
-    recipe.write_text(recipe_text(args, model))
+    recipe.write_text(recipe_text(args, model, controlnet))
     out = work / "out"
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     started = time.perf_counter()
@@ -188,32 +238,31 @@ def main(argv: list[str] | None = None) -> int:
         "strength": args.strength, "guidance": args.guidance, "seed_behavior": args.seed_behavior,
         "run_seconds": round(wall, 2),
     }
+    results["source_change"] = frame_change(f for _, f in iter_frames(source, size=size))
     sources = (f for _, f in iter_frames(source, size=size))
-    results["source_flicker"] = flicker(sources, (f for _, f in iter_frames(source, size=size)))
-    for stage in ("off", "on"):
+    results["source_warp_error"] = flicker(sources, (f for _, f in iter_frames(source, size=size)))
+    results["batch"] = args.batch
+    for stage in args.stages:
         results[stage] = stage_figures(out, stage, source, size)
-    results["on"]["coherence"] = {"flow": args.flow, "color": args.color}
-
     print(f"clip: {info.frames} frames {size[0]}x{size[1]} @ {info.fps:g} fps; model {results['model']} on "
-          f"{args.device}/{args.dtype}, steps {args.steps} x strength {args.strength}, {args.seed_behavior} seeds")
-    print("flicker (mean |frame - warped previous|, 0..255; lower is steadier)")
-    print(f"  source clip                       {results['source_flicker']:7.2f}")
-    print(f"  coherence off                     {results['off']['flicker']:7.2f}")
-    change = 100 * (results["on"]["flicker"] / max(results["off"]["flicker"], 1e-9) - 1)
-    print(f"  coherence flow {args.flow:g} / color {args.color:<5}  {results['on']['flicker']:7.2f}"
-          f"   ({change:+.0f}% vs off)")
-    print("time per stage (s; shares leave out the one-off model load)")
-    header = ("stage", "total", "diffusion", "decode", "flow", "color", "readback", "encode", "other",
-              "overhead%", "non-diff%")
-    print("  " + " ".join(f"{h:>9}" for h in header))
-    for stage in ("off", "on"):
-        t = results[stage]["timing"]
-        row = [stage] + [f"{t[k]:.2f}" for k in ("total_s", "diffusion_s", "decode_s", "flow_s", "color_s",
-                                                  "read_back_s", "encode_s", "other_s")]
-        row += [f"{100 * t['overhead_share']:.1f}", f"{100 * t['non_diffusion_share']:.1f}"]
-        print("  " + " ".join(f"{v:>9}" for v in row))
-    print("  overhead = decode + flow + colour + read-back + encode (the stage's own work outside diffusion);")
-    print("  non-diff = everything but diffusion, incl. the worker writing PNGs and manifest lines. Goal < 5 %.")
+          f"{args.device}/{args.dtype}, steps {args.steps} x strength {args.strength}, guidance {args.guidance}, "
+          f"{args.seed_behavior} seeds")
+    print("| stage | change | change / source | warp error | s/frame | overhead % | non-diffusion % |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    print(f"| source clip | {results['source_change']:.2f} | 1.00 | {results['source_warp_error']:.2f} | | | |")
+    labels = {"off": "off", "batched": f"off, batch_size {args.batch}", "flow": f"flow {args.flow:g} + {args.color}",
+              "controlnet": "ControlNet (canny)", "cross-frame": "cross-frame attention"}
+    for stage in args.stages:
+        r, t = results[stage], results[stage]["timing"]
+        ratio = r["change"] / max(results["source_change"], 1e-9)
+        print(f"| {labels[stage]} | {r['change']:.2f} | {ratio:.2f} | {r['warp_error']:.2f} | {r['s_per_frame']:.3f} "
+              f"| {100 * t['overhead_share']:.1f} | {100 * t['non_diffusion_share']:.1f} |")
+    if "off" in results and "batched" in results:
+        print(f"batch_size {args.batch} vs one frame per call: "
+              f"{results['off']['s_per_frame'] / max(results['batched']['s_per_frame'], 1e-9):.2f}x faster")
+    print("change: mean |out[t] - out[t-1]|; warp error: mean |out[t] - flow-warped out[t-1]| on the pixels the")
+    print("source's flow holds (0..255). overhead = decode + flow + colour + read-back + encode; non-diffusion =")
+    print("everything but diffusion, incl. the worker writing PNGs and manifest lines. Goal < 5 %.")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0

@@ -69,6 +69,8 @@ ALTERNATIVES = {
     "cadence": 2,
     "border": "wrap",
     "motion": {"zoom": "0:(1.1)"},
+    "controlnet": [{"model": "sdbatch/tiny-controlnet", "image": "masks/moon.png"}],  # stages/control.py
+    "ip_adapter": [{"model": "sdbatch/tiny-ip-adapter", "image": "masks/moon.png"}],  # stages/ipadapter_config.py
 }
 PER_TYPE = {
     ("img2img", "input"): "masks/moon-copy.png",

@@ -95,6 +95,9 @@ def test_api_names():
         "sdbatch/tiny-sd": "v1",
         "sdbatch/tiny-sdxl": "v1",
         "sdbatch/tiny-depth": "v1",
+        "sdbatch/tiny-ip-adapter": "v1",
+        "sdbatch/tiny-controlnet": "v1",
+        "sdbatch/tiny-controlnet-sdxl": "v1",
     }
     assert all(tiny.is_builtin(n) for n in tiny.BUILTIN_MODELS)
     for other in ("runwayml/stable-diffusion-v1-5", "tiny-sd", "sdbatch/nope", "/tmp/x", ""):

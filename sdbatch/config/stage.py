@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, StrictBool, StrictInt, field_validator, model_validator
 
+from .control import ControlUnit
+from .ipadapter import IpAdapter
 from .types import (
     NAME_PATTERN,
     RANDOM_SEED,
@@ -134,7 +136,7 @@ class StageConfig(StageParams):
     PLANNED: ClassVar[frozenset[str]] = frozenset({
         "name", "type", "model", "dtype", "prompt", "negative_prompt", "seed", "seeds", "input", "mask",
         "width", "height", "loras", "vae", "pipeline_config", "embeddings",
-        "wildcards", "rows",
+        "wildcards", "rows", "controlnet", "ip_adapter",
     })
     #: identity params left out of a job's params (and id) when None, so ids stay those of older versions
     OMIT_IF_NONE: ClassVar[frozenset[str]] = frozenset()
@@ -228,5 +230,7 @@ class Defaults(StageParams):
     """``defaults:``: any stage parameter; a stage's own value wins."""
 
     strength: Sweep(Strength) | None = None
+    controlnet: list[ControlUnit] | None = None  # generate / img2img / inpaint (sdbatch.stages.control)
+    ip_adapter: list[IpAdapter] | None = None  # generate / img2img / inpaint (sdbatch.stages.ipadapter_config)
 
 

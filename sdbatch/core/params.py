@@ -15,6 +15,8 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, PrivateAttr, create_model
 
+from ..config.control import ControlRef
+from ..config.ipadapter import IpAdapterRef
 from ..config.stage import StageConfig, StageParams
 
 
@@ -50,9 +52,11 @@ class JobParams(BaseModel):
     vae: str | None = None
     pipeline_config: str | None = None
     embeddings: list[EmbeddingRef] | None = None
+    controlnet: list[ControlRef] | None = None  # ControlNets and their control images (sdbatch.stages.control)
+    ip_adapter: list[IpAdapterRef] | None = None  # image prompts (sdbatch.stages.ipadapter_config)
 
-    OMIT_IF_NONE: ClassVar[frozenset[str]] = frozenset({"loras", "vae", "pipeline_config", "embeddings",
-                                                        "prompt_syntax", "clip_skip"})
+    OMIT_IF_NONE: ClassVar[frozenset[str]] = frozenset({"loras", "vae", "pipeline_config", "embeddings", "controlnet",
+                                                        "ip_adapter", "prompt_syntax", "clip_skip"})
 
     _json: dict[str, Any] | None = PrivateAttr(default=None)
     _key: str | None = PrivateAttr(default=None)
@@ -107,6 +111,12 @@ def make_params(config: type[StageConfig], values: dict[str, Any], texts: dict[s
     if values.get("embeddings"):
         values = dict(values, embeddings=[v if isinstance(v, EmbeddingRef) else EmbeddingRef(**v)
                                           for v in values["embeddings"]])
+    if values.get("controlnet"):
+        values = dict(values, controlnet=[v if isinstance(v, ControlRef) else ControlRef(**v)
+                                          for v in values["controlnet"]])
+    if values.get("ip_adapter"):
+        values = dict(values, ip_adapter=[v if isinstance(v, IpAdapterRef) else IpAdapterRef(**v)
+                                          for v in values["ip_adapter"]])
     if values.get("clip_skip") == 1:
         values = dict(values, clip_skip=None)
     if "prompt_syntax" in model.model_fields:

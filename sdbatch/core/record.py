@@ -363,6 +363,9 @@ def stage_fields(extra: dict[str, Any], *, is_file: bool) -> dict[str, Any]:
     ``{"preview": {...}}``, ``{"frames": 48, "fps": 12}``); ``is_file``: the output is a file, not an image.
 
     A key the sub-object does not declare is a ValueError: declare new stage fields in its model."""
+    if "controlnet" in extra:  # the control images an image used (sdbatch.runtime.controlnet), beside its role
+        return {**stage_fields({k: v for k, v in extra.items() if k != "controlnet"}, is_file=is_file),
+                "controlnet": extra["controlnet"]}
     rest = dict(extra)
     if "preview" in rest:
         return {"role": "preview", "preview": _strict(PreviewInfo, rest.pop("preview"), rest)}

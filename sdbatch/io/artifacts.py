@@ -145,6 +145,9 @@ def a1111_parameters(record: dict[str, Any]) -> str:
     Variation seed: <segment end>, Variation seed strength: <t>``). Values holding ``,``, ``:``, ``"`` or a
     newline are quoted as A1111 quotes them (JSON), so they read back whole.
     """
+    from ..config.control import controlnet_units
+    from ..config.ipadapter import ip_adapter_units
+
     params = record.get("params") if isinstance(record.get("params"), dict) else {}
     frame = record.get("frame") if isinstance(record.get("frame"), dict) else {}
     schedule = frame.get("schedule") if isinstance(frame.get("schedule"), dict) else {}
@@ -172,6 +175,8 @@ def a1111_parameters(record: dict[str, Any]) -> str:
         ("Denoising strength", _num(schedule.get("strength", params.get("strength")))),
         ("Clip skip", params.get("clip_skip")),  # A1111 writes it only when > 1 (the params omit 1)
         ("TI hashes", _ti_hashes(params.get("embeddings"), lines[0], record.get("negative_prompt") or "")),
+        *controlnet_units(params),  # A1111 sd-webui-controlnet's "ControlNet 0: ..." (sdbatch.config.control)
+        *ip_adapter_units(params, len(params.get("controlnet") or ())),  # ControlNet <n>: after the ControlNets
     ]
     lines.append(", ".join(f"{k}: {a1111_quote(v)}" for k, v in fields if v is not None and v != ""))
     return "\n".join(lines)

@@ -3,7 +3,8 @@
 
 A stage whose images sweep (more than one distinct value of prompt, negative_prompt, steps, guidance,
 strength, scheduler or seed, or of any other scalar parameter: width, clip_skip, model, a LoRA's weight as
-``LoRA <file stem>``, ...) gets a labelled contact sheet like AUTOMATIC1111's X/Y plot: the parameter with
+``LoRA <file stem>``, an IP-Adapter's scale as ``IP-Adapter <weight stem>``, ...) gets a labelled contact
+sheet like AUTOMATIC1111's X/Y plot: the parameter with
 the most distinct values runs along X, the next along Y, and the rest (and the input image, when that is
 what tells two cells apart) make one block per combination, stacked.
 
@@ -63,14 +64,29 @@ def sweep_value(record: OutputRecord, key: str) -> Any:
     if key.startswith(LORA_KEY):  # "LoRA <file stem>": that LoRA's weight (None: not used)
         return next((lora.get("weight") for lora in record.params.get("loras") or ()
                      if isinstance(lora, dict) and _lora_name(lora) == key), None)
+    if key.startswith(IP_ADAPTER_KEY):  # "IP-Adapter <weight stem>": that adapter's scale
+        return next((unit.get("scale") for unit in record.params.get("ip_adapter") or ()
+                     if isinstance(unit, dict) and _ip_adapter_name(unit) == key), None)
+    if key.startswith(CONTROLNET_KEY):  # "ControlNet <i>": that ControlNet's scale (sdbatch.stages.control)
+        units = record.params.get("controlnet") or ()
+        i = int(key[len(CONTROLNET_KEY):])
+        return units[i].get("scale") if i < len(units) and isinstance(units[i], dict) else None
     return record.params.get(key)
 
 
 LORA_KEY = "LoRA "
+CONTROLNET_KEY = "ControlNet "
 
 
 def _lora_name(lora: dict) -> str:
     return LORA_KEY + Path(str(lora.get("path", ""))).stem
+
+
+IP_ADAPTER_KEY = "IP-Adapter "
+
+
+def _ip_adapter_name(unit: dict) -> str:
+    return IP_ADAPTER_KEY + Path(str(unit.get("weight_name", ""))).stem
 
 
 def swept_params(records: list[OutputRecord]) -> list[str]:
@@ -79,6 +95,8 @@ def swept_params(records: list[OutputRecord]) -> list[str]:
     for r in records:
         keys.update(k for k, v in r.params.items() if k not in SWEEP_PARAMS and isinstance(v, (str, int, float)))
         keys.update(_lora_name(lora) for lora in r.params.get("loras") or () if isinstance(lora, dict))
+        keys.update(_ip_adapter_name(u) for u in r.params.get("ip_adapter") or () if isinstance(u, dict))
+        keys.update(f"{CONTROLNET_KEY}{i}" for i, _ in enumerate(r.params.get("controlnet") or ()))
     keys.add("model")
     return sorted(k for k in keys if len({_hashable(sweep_value(r, k)) for r in records}) > 1)
 

@@ -131,6 +131,14 @@ def aux_models(params: dict[str, Any], found: Found, bases: list[Path]) -> dict[
     for embedding in params.get("embeddings") or []:  # textual inversion files, found by content like LoRAs
         path = locate_input(embedding.get("path"), embedding.get("sha256"), "embedding", found, set(), bases)
         aux[f"embedding:{embedding['sha256']}"] = ModelRef(embedding["path"], embedding["sha256"], "file", str(path))
+    if params.get("ip_adapter"):  # IP-Adapter files, found by content (sdbatch.reports.ipadapter_locate)
+        from .ipadapter_locate import recorded_ip_adapters
+
+        aux.update(recorded_ip_adapters(params, bases))
+    if params.get("controlnet"):  # ControlNets and depth models by identity (sdbatch.reports.control_locate)
+        from .control_locate import recorded_controlnets
+
+        aux.update(recorded_controlnets(params, bases, recorded_model))
     if isinstance(params.get("vae"), str):
         aux["vae"] = recorded_model(*parse_identity(params["vae"]), bases, what="VAE")
     config = params.get("pipeline_config")

@@ -43,6 +43,7 @@ from ..sources.hub import pipeline_index
 from ..sources.specs import config_source, model_folder
 from ..sources.weights import ensure_loadable, safetensors_only
 from .embeddings import apply_embeddings, embedding_set
+from .ip_adapter import apply_ip_adapter
 
 TASKS = ("text2img", "img2img", "inpaint")
 
@@ -144,6 +145,7 @@ class ModelBank:
         pipe.scheduler = self.scheduler(job, job.params.scheduler)
         self._apply_loras(job, key, pipe)
         apply_embeddings(self._embeddings.setdefault(key, {}), job, pipe)
+        apply_ip_adapter(self._others.setdefault(("ip_adapter", key), {}), job, pipe)  # exactly the job's
         return pipe
 
     # ------------------------------------------------------------------------------------------ LoRAs
@@ -175,9 +177,9 @@ class ModelBank:
                     state["active"] = None  # unknown now: set the adapters again for the next job
                     with contextlib.suppress(Exception):
                         pipe.delete_adapters(name)
-                    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                    reason = one_line(str(exc), 400) or type(exc).__name__
                     raise ModelUnavailable(f"LoRA {ref.id!r} could not be loaded into {job.model.id!r}: "
-                                           f"{first[:200]}") from None
+                                           f"{reason}") from None
                 state["loaded"][sha] = name
             name = state["loaded"][sha]
             weights[name] = weights.get(name, 0.0) + weight  # the same file twice: weights add up

@@ -15,6 +15,11 @@ from .base import Rendered, StageContext
 
 SD_PIPELINES = {"StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline"}
 SDXL_PIPELINES = {"StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline", "StableDiffusionXLInpaintPipeline"}
+# ControlNet's pipelines (sdbatch.runtime.controlnet) encode prompts as their base pipelines do
+SD_PIPELINES |= {"StableDiffusionControlNetPipeline", "StableDiffusionControlNetImg2ImgPipeline",
+                 "StableDiffusionControlNetInpaintPipeline"}
+SDXL_PIPELINES |= {"StableDiffusionXLControlNetPipeline", "StableDiffusionXLControlNetImg2ImgPipeline",
+                   "StableDiffusionXLControlNetInpaintPipeline"}
 
 
 def negative_prompts(negatives: list[str]) -> list[str] | None:
@@ -192,6 +197,8 @@ def run_pipeline(pipe: Any, jobs: list[Job], ctx: StageContext, previews: Previe
     """
     import torch
 
+    from ..runtime.ip_adapter import ip_adapter_kwargs
+
     params = jobs[0].params
     guidance = params.guidance if guidance is None else guidance
     prompt_args = embeds if embeds is not None else prompt_kwargs(pipe, jobs, ctx, guidance, prompts)
@@ -202,5 +209,6 @@ def run_pipeline(pipe: Any, jobs: list[Job], ctx: StageContext, previews: Previe
             guidance_scale=guidance,
             generator=generator if generator is not None else [ctx.generator(job.seed) for job in jobs],
             **callback_kwargs(previews),
+            **ip_adapter_kwargs(pipe, jobs, ctx),  # ip_adapter_image: one reference image per IP-Adapter
             **task_kwargs,
         ).images

@@ -8,13 +8,17 @@ generator=torch.Generator("cpu").manual_seed(seed))``. At strength 0 no diffusio
 
 from __future__ import annotations
 
-from typing import Iterator, Literal
+from typing import Any, Iterator, Literal
 
+from ..config.control import ControlUnit
+from ..config.ipadapter import IpAdapter
 from ..config.stage import ImageToImageConfig
 from ..config.types import Strength, Sweep
 from ..core.job import Job
 from .base import Rendered, StageContext
+from .control import plan_control
 from .diffusion import previews_for, run_pipeline
+from .ipadapter_config import plan_ip_adapter
 
 
 class Img2ImgStage(ImageToImageConfig):
@@ -22,6 +26,13 @@ class Img2ImgStage(ImageToImageConfig):
 
     type: Literal["img2img"]
     strength: Sweep(Strength) = [0.8]
+    ip_adapter: list[IpAdapter] | None = None  # image prompts (sdbatch.stages.ipadapter_config)
+    controlnet: list[ControlUnit] | None = None  # ControlNets (sdbatch.stages.control)
+
+    def plan_hook(self, planner: Any, fixed: dict[str, Any]) -> None:
+        super().plan_hook(planner, fixed)
+        plan_ip_adapter(planner, self, fixed)  # fixed["ip_adapter"]: the adapters' and images' sha256
+        plan_control(self, planner, fixed, reads_input=True)  # fixed["controlnet"] (sdbatch.stages.control)
 
 
 def render(jobs: list[Job], ctx: StageContext) -> Iterator[Rendered]:
@@ -32,13 +43,17 @@ def render(jobs: list[Job], ctx: StageContext) -> Iterator[Rendered]:
         for job, init in zip(jobs, inits):
             yield Rendered(job, job.output, init.image, input_hashes=[init.sha256])
         return
-    pipe = ctx.models.pipeline(jobs[0], "img2img")
+    from ..runtime.controlnet import prepare_control
+
+    control = prepare_control(jobs, ctx, size, inits)
+    pipe = control.pipeline(ctx, "img2img") if control else ctx.models.pipeline(jobs[0], "img2img")
     previews = previews_for(jobs)
-    images = run_pipeline(pipe, jobs, ctx, previews, image=[init.image for init in inits], strength=p.strength)
+    images = run_pipeline(pipe, jobs, ctx, previews, image=[init.image for init in inits], strength=p.strength,
+                          **(control.kwargs(pipe) if control else {}))
     if previews is not None:
         yield from previews.rendered()
-    for job, init, image in zip(jobs, inits, images):
-        yield Rendered(job, job.output, image, input_hashes=[init.sha256])
+    for i, (job, init, image) in enumerate(zip(jobs, inits, images)):
+        yield Rendered(job, job.output, image, input_hashes=[init.sha256], extra=control.extra(i) if control else {})
 
 
 CONFIG = Img2ImgStage

@@ -15,11 +15,15 @@ from typing import Any, Iterator, Literal
 
 import numpy as np
 
+from ..config.control import ControlUnit
+from ..config.ipadapter import IpAdapter
 from ..config.stage import ImageToImageConfig
 from ..config.types import Strength, Sweep
 from ..core.job import Job
 from .base import Rendered, StageContext
+from .control import plan_control
 from .diffusion import previews_for, run_pipeline
+from .ipadapter_config import plan_ip_adapter
 
 
 class InpaintStage(ImageToImageConfig):
@@ -29,6 +33,13 @@ class InpaintStage(ImageToImageConfig):
     type: Literal["inpaint"]
     mask: str
     strength: Sweep(Strength) = [1.0]
+    ip_adapter: list[IpAdapter] | None = None  # image prompts (sdbatch.stages.ipadapter_config)
+    controlnet: list[ControlUnit] | None = None  # ControlNets (sdbatch.stages.control)
+
+    def plan_hook(self, planner: Any, fixed: dict[str, Any]) -> None:
+        super().plan_hook(planner, fixed)
+        plan_ip_adapter(planner, self, fixed)  # fixed["ip_adapter"]: the adapters' and images' sha256
+        plan_control(self, planner, fixed, reads_input=True)  # fixed["controlnet"] (sdbatch.stages.control)
 
 FEATHER_PX = 4
 
@@ -67,16 +78,19 @@ def render(jobs: list[Job], ctx: StageContext) -> Iterator[Rendered]:
         for job, init, mask in zip(jobs, inits, masks):
             yield Rendered(job, job.output, init.image, input_hashes=[init.sha256, mask.sha256])
         return
-    pipe = ctx.models.pipeline(jobs[0], "inpaint")
+    from ..runtime.controlnet import prepare_control
+
+    control = prepare_control(jobs, ctx, size, inits)
+    pipe = control.pipeline(ctx, "inpaint") if control else ctx.models.pipeline(jobs[0], "inpaint")
     previews = previews_for(jobs)
     images = run_pipeline(pipe, jobs, ctx, previews, image=[init.image for init in inits],
                           mask_image=[mask.image for mask in masks], strength=p.strength, width=p.width,
-                          height=p.height)
+                          height=p.height, **(control.kwargs(pipe) if control else {}))
     if previews is not None:  # pasted like the final image
         yield from previews.rendered(lambda i, image: paste_outside_mask(inits[i].image, image, masks[i].image))
-    for job, init, mask, image in zip(jobs, inits, masks, images):
+    for i, (job, init, mask, image) in enumerate(zip(jobs, inits, masks, images)):
         yield Rendered(job, job.output, paste_outside_mask(init.image, image, mask.image),
-                       input_hashes=[init.sha256, mask.sha256])
+                       input_hashes=[init.sha256, mask.sha256], extra=control.extra(i) if control else {})
 
 
 CONFIG = InpaintStage

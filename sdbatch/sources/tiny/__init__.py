@@ -53,11 +53,14 @@ from .build import (
     write_tiny_tokenizer_files,
 )
 from .configs import TINY_VAE  # the other configs: sdbatch.sources.tiny.configs
+from .control import build_tiny_controlnet, save_tiny_controlnet, save_tiny_controlnet_sdxl
+from .ip_adapter import save_tiny_ip_adapter
 
 __all__ = [
     "BUILTIN_MODELS",
     "BUILTIN_PREFIX",
     "TINY_VAE",
+    "build_tiny_controlnet",
     "build_tiny_depth",
     "build_tiny_sd_components",
     "build_tiny_sd_pipeline",
@@ -67,6 +70,8 @@ __all__ = [
     "builtin_cache_root",
     "builtin_model_path",
     "is_builtin",
+    "save_tiny_controlnet",
+    "save_tiny_controlnet_sdxl",
     "save_tiny_depth",
     "save_tiny_sd",
     "save_tiny_sdxl",
@@ -81,6 +86,9 @@ BUILTIN_MODELS: dict[str, str] = {
     "sdbatch/tiny-sd": "v1",
     "sdbatch/tiny-sdxl": "v1",
     "sdbatch/tiny-depth": "v1",
+    "sdbatch/tiny-controlnet": "v1",  # ControlNets for tiny-sd and tiny-sdxl (sources/tiny/control.py)
+    "sdbatch/tiny-controlnet-sdxl": "v1",
+    "sdbatch/tiny-ip-adapter": "v1",  # IP-Adapters (and image encoders) for tiny-sd and tiny-sdxl
 }
 
 #: Written last into a build folder (before the atomic rename); its presence
@@ -207,4 +215,7 @@ _BUILDERS: dict[str, Callable[[Path], Any]] = {
     "sdbatch/tiny-sd": save_tiny_sd,
     "sdbatch/tiny-sdxl": save_tiny_sdxl,
     "sdbatch/tiny-depth": save_tiny_depth,
+    "sdbatch/tiny-controlnet": save_tiny_controlnet,
+    "sdbatch/tiny-controlnet-sdxl": save_tiny_controlnet_sdxl,
+    "sdbatch/tiny-ip-adapter": save_tiny_ip_adapter,
 }
