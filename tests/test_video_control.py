@@ -219,3 +219,22 @@ def test_a_control_video_shorter_than_the_clip_is_refused_at_validate(project, s
     assert line.startswith(f"{recipe}:4: ") or line.startswith("short.yaml:4: "), line
     assert ": stages[0].controlnet.0.image: clips/short.mp4 has 6 frames, fewer than " in line, line
     assert "Traceback" not in res.stderr
+
+
+def test_example_recipe_rehearses_and_a_batched_frame_reproduces(tmp_path):
+    """recipes/restyle-control.yaml (per-frame canny, cross-frame attention, frames diffused 4 at a time)
+    rehearses offline, and ``reproduce`` of a frame inside a batch re-renders its whole group: ``match``."""
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "out"
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    run = subprocess.run([sys.executable, "-m", "sdbatch", "run", str(repo / "recipes" / "restyle-control.yaml"),
+                          "--rehearse", "--out", str(out)], capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    records = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    frames = sorted((r for r in records if r.get("role") == "frame"), key=lambda r: r["frame"]["index"])
+    assert frames and all(r["options"]["batch_size"] == 4 for r in frames)
+    assert (out / "ink" / "control" / "000005.png").is_file()
+    again = subprocess.run([sys.executable, "-m", "sdbatch", "reproduce", str(out / frames[5]["path"]), "--out",
+                            str(tmp_path / "again")], capture_output=True, text=True, env=env, timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr[-3000:]
+    assert again.stdout.strip().splitlines()[-1].startswith("match"), again.stdout

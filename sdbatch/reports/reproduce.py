@@ -121,7 +121,9 @@ def build_job(found: Found) -> tuple[Any, dict[str, Path], list[Path]]:
     for side in ("width", "height"):  # the bounds a recipe's sizes have
         _typed(found, f"params.{side}", TypeAdapter(Size).validate_python, getattr(params, side))
         _typed(found, f"params.{side}", multiple_of_8, getattr(params, side))
-    runtime = {k: v for k, v in r.options.items() if k not in ("batch_size", "previews")}
+    # a video frame keeps its batch size: restyle diffuses independent frames in fixed groups of it, and a
+    # frame re-rendered in its own group is the frame it was (an image job is re-rendered alone, see _differences)
+    runtime = {k: v for k, v in r.options.items() if k != "previews" and (k != "batch_size" or r.role == "frame")}
     options = _typed(found, "options", options_from_json, runtime)
     seed = _typed(found, "seed", check_seed, int(r.seed))
     stage_outputs: set[str] = set()
@@ -228,7 +230,7 @@ def _differences(record: OutputRecord, job: Any, threads: int, batch_size: int) 
     if record.dtype and record.dtype != job.dtype:
         reasons.append(f"dtype {record.dtype} -> {job.dtype}")
     if record.role == "frame":
-        pass  # a video job renders its frames one by one, whatever batch it was in
+        pass  # a video frame is re-rendered in the same group of frames it was rendered in
     elif record.batch is not None and len(record.batch) > batch_size:
         reasons.append(f"rendered in a batch of {len(record.batch)}, whose other jobs' records are not at hand; "
                        f"now {'alone' if batch_size == 1 else f'in a batch of {batch_size}'}")
