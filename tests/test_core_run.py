@@ -309,9 +309,9 @@ def test_first_ctrl_c_finishes_the_current_job_and_exits_130(tmp_path, tiny_sd_f
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"""\
 model: {tiny_sd_folder}
-defaults: {{steps: 4, width: 64, height: 64}}
+defaults: {{steps: 2, width: 32, height: 32}}
 stages:
-  - {{name: many, type: generate, prompt: a cat, seeds: {{start: 0, count: 40}}}}
+  - {{name: many, type: generate, prompt: a cat, seeds: {{start: 0, count: 12}}}}
 """)
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "sdbatch", "run", str(recipe), "--out", str(out)],
@@ -324,14 +324,14 @@ stages:
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr
     done = manifest_records(out, "output")
-    assert 2 <= len(done) < 40
+    assert 2 <= len(done) < 12
     assert manifest_records(out, "run")[-1]["interrupted"] is True
     assert not [p for p in out.rglob("*") if ".tmp-" in p.name]
     for record in done:
         assert sha256_file(out / record["path"]) == record["sha256"]
     result = run_cli("run", recipe, "--out", out)
     assert result.returncode == 0
-    assert len(manifest_records(out, "output")) == 40
+    assert len(manifest_records(out, "output")) == 12
 
 
 def test_only_renders_a_stage_and_the_inputs_it_lacks(tmp_path, tiny_sd_folder):
