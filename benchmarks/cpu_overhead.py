@@ -1,12 +1,12 @@
 """sdbatch versus the plain diffusers loop a user would otherwise write, on the CPU.
 
-Both render the same 48 generate jobs (4 prompts x 12 seeds, 64x64, 4 steps, guidance 7) from the same
-local tiny model folder, each in a fresh process (same start-up), each saving PNGs; sdbatch with
-`batch_size: 8` (``--batch-size``; ``auto`` renders one image at a time on a CPU, the default settings).
+Both render the same 48 generate jobs (4 prompts x 12 seeds, ``--seeds``; 64x64, 4 steps, guidance 7) from the
+same local tiny model folder, each in a fresh process (same start-up, every package's bytecode compiled), each
+saving PNGs; sdbatch with `batch_size: 8` (``--batch-size``; ``auto`` renders one image at a time on a CPU, the default settings).
 Prints the wall-time ratio sdbatch / plain, the median of 5 alternating pairs. Goals (issue 17): <= 1.00 with
 ``--batch-size auto`` (identical pixels), <= 0.80 with ``--batch-size 8``.
 
-    python benchmarks/cpu_overhead.py [--pairs 5] [--size 64] [--steps 4]
+    python benchmarks/cpu_overhead.py [--pairs 5] [--size 64] [--steps 4] [--seeds 12] [--batch-size auto]
 """
 
 from __future__ import annotations
@@ -65,18 +65,27 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=5)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--seeds", type=int, default=len(SEEDS), help="seeds per prompt (4 prompts)")
     parser.add_argument("--batch-size", default="8", help="the recipe's batch_size (auto renders one at a time on CPU)")
     args = parser.parse_args()
+    seeds = list(range(SEEDS[0], SEEDS[0] + args.seeds))
+    import compileall
+
+    import sdbatch
     from sdbatch.sources.tiny import save_tiny_sd
 
+    # sdbatch's bytecode, as `pip install` compiles it: torch and diffusers come with theirs, and where
+    # PYTHONDONTWRITEBYTECODE is set (as on CI machines) an editable checkout would otherwise compile its ~100
+    # modules from source in every run (0.1-0.2 s), which is not what a user's installed sdbatch does
+    compileall.compile_dir(os.path.dirname(sdbatch.__file__), quiet=1)
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         model = save_tiny_sd(tmp / "tiny-sd", seed=3)
         script = tmp / "plain.py"
-        script.write_text(PLAIN.format(prompts=PROMPTS, seeds=SEEDS))
+        script.write_text(PLAIN.format(prompts=PROMPTS, seeds=seeds))
         recipe = tmp / "bench.yaml"
-        recipe.write_text(RECIPE.format(model=model, steps=args.steps, size=args.size, prompts=PROMPTS, seeds=SEEDS,
+        recipe.write_text(RECIPE.format(model=model, steps=args.steps, size=args.size, prompts=PROMPTS, seeds=seeds,
                                         batch=args.batch_size))
         env["SDBATCH_CACHE"] = str(tmp / "cache")
         plain_cmd = [sys.executable, str(script), str(model), str(tmp / "plain"), str(args.size), str(args.steps)]
@@ -96,7 +105,7 @@ def main() -> None:
             ratios.append(got["sdbatch"] / got["plain"])
             print(f"pair {i + 1}: plain {got['plain']:.2f} s, sdbatch {got['sdbatch']:.2f} s, "
                   f"ratio {ratios[-1]:.3f}", flush=True)
-        n = len(PROMPTS) * len(SEEDS)
+        n = len(PROMPTS) * len(seeds)
         print(f"{n} jobs, {args.size}x{args.size}, {args.steps} steps, {os.cpu_count()} CPUs")
         print(f"median plain {statistics.median(plains):.2f} s, median sdbatch {statistics.median(ours):.2f} s")
         median = statistics.median(ratios)

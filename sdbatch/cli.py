@@ -243,14 +243,18 @@ def _run_locked(args: argparse.Namespace, loaded: Any, plan: Any, out_dir: Path,
     return outcome.exit_code
 
 
+#: aux models (``Job.aux_models`` keys) that are whole diffusers pipelines: fetched as a pipeline's files, not the repo
+PIPELINE_AUX_MODELS = frozenset({"refiner", "upscaler"})
+
+
 def _fetch_models(loaded: Any, plan: Any, out_dir: Path, rehearse: bool) -> Any:
     """Download hub models not yet cached (so job ids use their commit), then plan again."""
     missing = {job.model.id: (job.model, True) for job in plan.jobs
                if job.model.source == "hub" and not job.model.path}
     for job in plan.jobs:
-        for aux in job.aux_models.values():
-            if aux.source == "hub" and not aux.path:
-                missing[aux.id] = (aux, False)
+        for key, aux in job.aux_models.items():
+            if aux.source == "hub" and not aux.path:  # a second pipeline (refiner, sd-x4): its pipeline files only
+                missing[aux.id] = (aux, key in PIPELINE_AUX_MODELS)
     if not missing:
         return plan
     from .errors import ModelUnavailable

@@ -36,6 +36,17 @@ def tiny_sd_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test (the CLI's subprocesses get OMP_NUM_THREADS=1): the same pixels."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def run_cli(*args: str | os.PathLike, cwd: Path | None = None, timeout: float = 300,
             env: dict | None = None) -> subprocess.CompletedProcess:
     """Run ``sdbatch ARGS`` as a user would, in a fresh process."""
@@ -53,12 +64,13 @@ def manifest_records(out: Path, kind: str | None = None) -> list[dict]:
     return [r for r in records if kind is None or r.get("kind") == kind]
 
 
-def png_pixels(path: Path):
+def png_pixels(path: Path, dtype: str = "int16"):
+    """An image's RGB pixels (int16 by default: differences do not wrap around)."""
     import numpy as np
     from PIL import Image
 
     with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"), dtype=np.int16)
+        return np.asarray(im.convert("RGB"), dtype=dtype)
 
 
 def output_pngs(out: Path) -> dict[str, Path]:

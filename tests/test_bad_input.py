@@ -24,8 +24,8 @@ CASES = [
      "colour: unknown key 'colour'"),
     ("unknown-stage-key", HEAD + "stages:\n  - name: a\n    type: generate\n    prompt: x\n    promt: y\n", 6,
      "stages[0].promt: unknown key 'promt'"),
-    ("unknown-type", HEAD + "stages:\n  - name: a\n    type: upscale\n", 4,
-     "stages[0].type: unknown stage type 'upscale'"),
+    ("unknown-type", HEAD + "stages:\n  - name: a\n    type: outpaint\n", 4,
+     "stages[0].type: unknown stage type 'outpaint'"),
     ("strength-range", HEAD + "stages:\n  - {name: a, type: generate, prompt: x}\n"
      "  - name: b\n    type: img2img\n    input: a\n    strength: 1.5\n", 7, "stages[1].strength:"),
     ("strength-range-sweep", HEAD + "stages:\n  - {name: a, type: generate, prompt: x}\n"

@@ -43,7 +43,7 @@ def problems(text: str) -> list[str]:
 # ------------------------------------------------------------------------ union cases of the recipe
 SCHEDULERS = ("default, ddim, euler, euler-a, dpmpp-2m, dpmpp-2m-karras, dpmpp-sde-karras, unipc, lms, pndm, "
               "heun, lcm")
-STAGE_TYPES = "generate, img2img, inpaint, restyle, animate, interpolate"
+STAGE_TYPES = "generate, img2img, inpaint, restyle, animate, interpolate, upscale"
 TWO_STAGES = "stages:\n  - {name: a, type: generate, prompt: x}\n  - name: b\n    type: img2img\n    input: a\n"
 ANIMATE = "stages:\n  - name: a\n    type: animate\n    frames: 3\n"
 UNION_CASES = [
@@ -68,8 +68,8 @@ UNION_CASES = [
      ["7: stages[1].strength: Input should be less than or equal to 1"]),
     ("discriminated-model-check", ANIMATE,
      ["3: stages[0]: give either 'prompt' or 'prompts' ({frame: prompt, ...})"]),
-    ("discriminator-unknown", "stages:\n  - name: a\n    type: upscale\n",
-     [f"4: stages[0].type: unknown stage type 'upscale' (expected one of: {STAGE_TYPES})"]),
+    ("discriminator-unknown", "stages:\n  - name: a\n    type: outpaint\n",
+     [f"4: stages[0].type: unknown stage type 'outpaint' (expected one of: {STAGE_TYPES})"]),
     ("discriminator-missing", "stages:\n  - name: a\n    prompt: x\n",
      [f"3: stages[0]: missing 'type' (one of: {STAGE_TYPES})"]),
     ("nested-model", ANIMATE + "    prompt: x\n    motion:\n      zom: 1.1\n",
@@ -126,7 +126,7 @@ def test_did_you_mean_and_automatic1111_names_through_the_cli(tmp_path):
                                "(AUTOMATIC1111's name; here it is 'seeds: {start, count}')")),
         ("    denoising_strength: 0.5", ("stages[1].denoising_strength: unknown key 'denoising_strength' "
                                         "(AUTOMATIC1111's name; here it is 'strength', for img2img, inpaint, "
-                                        "restyle, animate stages)")),
+                                        "restyle, animate stages, or here under 'hires:')")),
         ("    scheduler: eulr-a",
          f"stages[1].scheduler: 'eulr-a' is not one of {SCHEDULERS} (did you mean 'euler-a'?)"),
         ("  - name: c", None),
@@ -158,7 +158,8 @@ def test_new_fields_are_suggested_without_a_list_to_keep(tmp_path):
         "8: stages[0].borders: unknown key 'borders' (did you mean 'border'?)",
     ]
     assert problems(GEN + "    strength: 0.5\n") == [
-        "6: stages[0].strength: unknown key 'strength' (only img2img, inpaint, restyle, animate stages take it)"]
+        "6: stages[0].strength: unknown key 'strength' (only img2img, inpaint, restyle, animate stages take it, "
+        "or here under 'hires:')"]
 
 
 # ---------------------------------------------------------------------- toy models, any tag spelling

@@ -320,8 +320,12 @@ def test_rerun_renders_nothing_and_ids_follow_the_control_image(rendered, projec
     ("{model: missing-folder/}", "controlnet[0].model", "ControlNet file/folder"),
     ("{model: sdbatch/tiny-controlnet, image: clip.mp4}", "controlnet[0].image", "video"),
 ])
-def test_bad_units_refused_at_validate(project, tmp_path, capsys, unit, field, words):
+def test_bad_units_refused_at_validate(project, tmp_path, capsys, monkeypatch, unit, field, words):
     import shutil
+
+    import sdbatch.config.control as control
+
+    monkeypatch.setattr(control, "aux_installed", lambda: False)  # as on a machine without the extra
 
     (tmp_path / "clip.mp4").write_bytes(b"not a video")
     for name in ("edge.png",):

@@ -8,16 +8,12 @@ offline, the built-in tiny model), including a run killed with SIGKILL and resum
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import manifest_records, png_pixels
+from helpers import frame_files, kill_run_when, run_ok
 
 from sdbatch.io.testclips import make_test_clip
 from sdbatch.io.video import probe_video
@@ -44,35 +40,6 @@ def _recipe(root: Path, name: str, *stages: tuple[str, int, str, bool]) -> Path:
     path = root / f"{name}.yaml"
     path.write_text(f"name: {name}\nmodel: sdbatch/tiny-sd\nstages:\n{body}")
     return path
-
-
-def _env() -> dict[str, str]:
-    return dict(os.environ, HF_HUB_OFFLINE="1")
-
-
-def _cmd(recipe: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "sdbatch", "run", str(recipe), "--out", str(out)]
-
-
-def _run(recipe: Path, out: Path) -> None:
-    res = subprocess.run(_cmd(recipe, out), capture_output=True, text=True, timeout=900, env=_env())
-    assert res.returncode == 0, res.stderr[-3000:]
-
-
-def _frames(out: Path, stage: str) -> list[Path]:
-    folder = out / stage / "frames"
-    return sorted(p for p in folder.glob("*.png") if not p.name.startswith(".")) if folder.is_dir() else []
-
-
-def _pixels(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB")).astype(np.int16)
-
-
-def _records(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines() if line.strip()]
 
 
 @pytest.fixture(scope="module")
@@ -159,26 +126,26 @@ def reference(project) -> Path:
     recipe = _recipe(project, "ref", ("one", 1, "none", True), ("three", 3, "none", True),
                      ("plain", 1, "none", False), ("plain4", 4, "none", False))
     out = project / "out-ref"
-    _run(recipe, out)
+    run_ok(recipe, out)
     return out
 
 
 def test_batched_frames_equal_unbatched_within_one_level(project, reference):
     for single, batched, size in (("plain", "plain4", 4), ("one", "three", 3)):
-        a, b = _frames(reference, single), _frames(reference, batched)
+        a, b = frame_files(reference, single), frame_files(reference, batched)
         assert len(a) == len(b) == FRAMES
         for x, y in zip(a, b):
-            assert np.abs(_pixels(x) - _pixels(y)).max() <= 1, (single, batched, x.name)
-        (video,) = [r for r in _records(reference) if r.get("stage") == batched and r.get("role") == "video"]
+            assert np.abs(png_pixels(x) - png_pixels(y)).max() <= 1, (single, batched, x.name)
+        (video,) = [r for r in manifest_records(reference) if r.get("stage") == batched and r.get("role") == "video"]
         assert video["video"]["timing"]["frame_batch"] == size
     assert probe_video(reference / "one" / "one.mp4").frames == FRAMES
     assert probe_video(reference / "one" / "one.mp4").has_audio
 
 
 def test_cross_frame_keeps_frame_zero_and_steers_the_others(reference):
-    cross, plain = _frames(reference, "one"), _frames(reference, "plain")
-    assert np.array_equal(_pixels(cross[0]), _pixels(plain[0]))  # the anchor is the plain frame 0
-    changed = [int(np.abs(_pixels(c) - _pixels(p)).sum()) for c, p in zip(cross[1:], plain[1:])]
+    cross, plain = frame_files(reference, "one"), frame_files(reference, "plain")
+    assert np.array_equal(png_pixels(cross[0]), png_pixels(plain[0]))  # the anchor is the plain frame 0
+    changed = [int(np.abs(png_pixels(c) - png_pixels(p)).sum()) for c, p in zip(cross[1:], plain[1:])]
     assert all(c > 0 for c in changed), changed
 
 
@@ -187,21 +154,14 @@ def test_killed_cross_frame_run_resumes_to_identical_frames(project, reference):
     source frame (frame 0 itself is kept as saved) and renders each frame in the batch it had."""
     recipe = _recipe(project, "ref", ("three", 3, "none", True))  # same name, stage and params: the same job
     out = project / "out-killed"
-    proc = subprocess.Popen(_cmd(recipe, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
-    try:
-        deadline = time.monotonic() + 600
-        while len(_frames(out, "three")) < 2 and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait(timeout=60)
-    done = len(_frames(out, "three"))
+    kill_run_when(recipe, out, lambda: len(frame_files(out, "three")) >= 2, timeout=600)
+    done = len(frame_files(out, "three"))
     assert 2 <= done < FRAMES, done
-    _run(recipe, out)
-    mine, theirs = _frames(out, "three"), _frames(reference, "three")
+    run_ok(recipe, out)
+    mine, theirs = frame_files(out, "three"), frame_files(reference, "three")
     assert [p.name for p in mine] == [p.name for p in theirs]
     for a, b in zip(mine, theirs):
-        assert np.array_equal(_pixels(a), _pixels(b)), a.name
-    (video,) = [r for r in _records(out) if r.get("role") == "video"]
+        assert np.array_equal(png_pixels(a), png_pixels(b)), a.name
+    (video,) = [r for r in manifest_records(out) if r.get("role") == "video"]
     assert video["video"]["timing"]["frames_reused"] >= done - 1
     assert probe_video(out / "three" / "three.mp4").frames == FRAMES

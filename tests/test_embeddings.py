@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 from conftest import png_pixels as pixels
 from conftest import run_cli
+from helpers import THREADS, diffusers_image, render_by_stage, tiny_sd_pipe
+from helpers import stage_image as image
 
 SIZE = 32
 STEPS = 2
-THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 RECIPE = """
 name: ti
@@ -61,40 +62,19 @@ def project(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def rendered(project) -> tuple[Path, dict[str, dict]]:
-    out = project / "out"
-    result = run_cli("run", "recipe.yaml", "--out", "out", cwd=project, env=THREADS)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    records = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
-    return out, {r["stage"]: r for r in records if r.get("kind") == "output"}
-
-
-def image(rendered, stage: str) -> np.ndarray:
-    out, records = rendered
-    return pixels(out / records[stage]["path"])
+    return render_by_stage(project)
 
 
 def reference(with_embedding: bool) -> np.ndarray:
-    """Plain diffusers: the tiny model, optionally with the wolf embedding loaded by diffusers itself."""
-    import torch
-    from diffusers import StableDiffusionPipeline
-
-    from sdbatch.sources.tiny import builtin_model_path
-
-    pipe = StableDiffusionPipeline.from_pretrained(builtin_model_path("sdbatch/tiny-sd"))
-    pipe.set_progress_bar_config(disable=True)
+    """Plain diffusers (on one thread: the ``one_thread`` fixture): the tiny model, optionally with the wolf
+    embedding loaded by diffusers itself."""
+    pipe = tiny_sd_pipe()
     if with_embedding:
         pipe.load_textual_inversion(vectors(1, 2), token="zzwolf")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        result = pipe(prompt="a photo of zzwolf", num_inference_steps=STEPS, guidance_scale=7.0, width=SIZE,
-                      height=SIZE, generator=torch.Generator("cpu").manual_seed(5)).images[0]
-    finally:
-        torch.set_num_threads(before)
-    return np.asarray(result, dtype=np.int16)
+    return diffusers_image(pipe, seed=5, steps=STEPS, size=SIZE, prompt="a photo of zzwolf")
 
 
-def test_embedding_changes_the_image_as_diffusers_loads_it(rendered):
+def test_embedding_changes_the_image_as_diffusers_loads_it(rendered, one_thread):
     assert np.abs(image(rendered, "with_ti") - image(rendered, "before")).max() > 0, "the embedding changed nothing"
     assert np.abs(image(rendered, "other_ti") - image(rendered, "with_ti")).max() > 0
     assert np.array_equal(image(rendered, "with_ti"), reference(True))
@@ -102,7 +82,7 @@ def test_embedding_changes_the_image_as_diffusers_loads_it(rendered):
     assert np.abs(image(rendered, "xl_ti") - image(rendered, "xl_before")).max() > 0
 
 
-def test_embedding_does_not_leak_into_other_stages(rendered):
+def test_embedding_does_not_leak_into_other_stages(rendered, one_thread):
     """``after`` renders once ``with_ti`` and ``other_ti`` put their token into the shared tokenizer."""
     assert np.array_equal(image(rendered, "after"), image(rendered, "before"))
     assert np.array_equal(image(rendered, "before"), reference(False))
@@ -169,7 +149,7 @@ def test_pickle_and_missing_embeddings_are_refused_at_validate(tmp_path):
     assert run_cli("validate", tmp_path / "r.yaml").returncode == 0
 
 
-def test_pickle_embedding_loads_with_allow_pickle(tmp_path):
+def test_pickle_embedding_loads_with_allow_pickle(tmp_path, one_thread):
     """A1111's .pt layout, read with torch.load(weights_only=True) once the recipe allows pickles."""
     import torch
 

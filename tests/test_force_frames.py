@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import manifest_records, png_pixels, run_cli
+from helpers import frame_files, video_project
 from PIL import Image
 
 from sdbatch.io.artifacts import png_bytes, read_png_record
-from sdbatch.io.testclips import make_test_clip
 from sdbatch.io.video import iter_frames
 
 RECIPE = """\
@@ -25,10 +25,6 @@ stages:
   - {name: re, type: restyle, input: clips/walk.mp4, prompt: ink, strength: 0.5, coherence: {flow: 0.5}}
 """
 STAGES = {"anim": 3, "dream": 3, "re": 3}
-
-
-def frame_files(out: Path, stage: str) -> list[Path]:
-    return sorted(p for p in (out / stage / "frames").glob("*.png") if not p.name.startswith("."))
 
 
 def this_run(out: Path) -> list[dict]:
@@ -49,10 +45,7 @@ def paint_over(path: Path) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("force")
-    make_test_clip(root / "clips" / "walk.mp4", frames=3, fps=6, size=(32, 32), audio=False)
-    (root / "clips.yaml").write_text(RECIPE)
-    return root
+    return video_project(tmp_path_factory.mktemp("force"), RECIPE)
 
 
 def test_force_renders_every_video_frame_again_and_records_each_once(project):

@@ -12,8 +12,8 @@ from types import SimpleNamespace
 
 import pytest
 from conftest import manifest_records, run_cli
+from helpers import video_project
 
-from sdbatch.io.testclips import make_test_clip
 from sdbatch.runtime.progress import FRAME_LINE_SECONDS, Reporter
 
 RECIPE = """\
@@ -107,10 +107,7 @@ def test_on_a_terminal_frames_are_a_second_bar_of_the_same_display():
 # ------------------------------------------------------------------------------------- end to end
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("progress")
-    make_test_clip(root / "clips" / "walk.mp4", frames=3, fps=6, size=(32, 32), audio=False)
-    (root / "clips.yaml").write_text(RECIPE)
-    return root
+    return video_project(tmp_path_factory.mktemp("progress"), RECIPE)
 
 
 def test_every_video_stage_reports_its_frames_in_the_log(project):

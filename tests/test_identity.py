@@ -27,6 +27,7 @@ BASE = {
     "restyle": {"input": "clips/walk.mp4", "prompt": "a lighthouse", "seed": 1, "end_frame": 2},
     "animate": {"prompt": "a lighthouse", "seed": 1, "frames": 3},
     "interpolate": {"prompt": "a lighthouse", "seeds": [1, 2], "frames": 3},
+    "upscale": {"input": "masks/moon.png", "seed": 1},
 }
 
 #: identity field -> a different valid value (per stage type where it must differ)
@@ -71,6 +72,14 @@ ALTERNATIVES = {
     "motion": {"zoom": "0:(1.1)"},
     "controlnet": [{"model": "sdbatch/tiny-controlnet", "image": "masks/moon.png"}],  # stages/control.py
     "ip_adapter": [{"model": "sdbatch/tiny-ip-adapter", "image": "masks/moon.png"}],  # stages/ipadapter_config.py
+    "hires": {"upscaler": "lanczos"},  # stages/hires.py
+    "refiner": {"model": "sdbatch/tiny-sdxl-refiner"},  # stages/refiner.py
+    "max_sequence_length": 128,  # SD3 / Flux.1 (config/families.py)
+    "true_cfg": 2.0,
+    "upscaler": "sd-x4",  # stages/upscale.py
+    "scale": 3.0,
+    "tile": 256,
+    "noise_level": 40,
 }
 PER_TYPE = {
     ("img2img", "input"): "masks/moon-copy.png",
@@ -81,6 +90,7 @@ PER_TYPE = {
     ("animate", "strength"): "0:(0.5)",
     ("animate", "guidance"): "0:(5)",
     ("interpolate", "prompts"): ["a castle", "a ship"],
+    ("upscale", "input"): "masks/moon-copy.png",
 }
 #: identity only in combination with another value; checked with that value set
 CONDITIONAL = {
@@ -90,6 +100,14 @@ CONDITIONAL = {
     ("*", "prompt_syntax"): {"prompt": "a (lighthouse:1.2)"},  # a prompt without A1111 syntax reads the same
     ("*", "wildcards"): {"prompt": "a {red|green|blue} lighthouse"},  # a prompt without templates: the same jobs
     ("*", "rows"): None,  # a table's rows are the jobs: checked in test_prompt_rows
+    ("generate", "refiner"): {"model": "sdbatch/tiny-sdxl"},  # an SDXL base only
+    **{(t, k): {"model": "sdbatch/tiny-flux"} for t in ("generate", "img2img", "inpaint")
+       for k in ("max_sequence_length", "true_cfg")},
+    ("*", "max_sequence_length"): None,  # refused at validate on the video stages and upscale (test_flow_families)
+    ("*", "true_cfg"): None,
+    ("upscale", "noise_level"): {"upscaler": "sd-x4"},  # sd-x4's only
+    ("upscale", "frames"): {"input": "clips/walk.mp4"},  # a video input only
+    ("upscale", "audio"): {"input": "clips/walk.mp4"},
 }
 RUNTIME_VALUES = {
     "device": "cpu", "batch_size": 4, "attention": "sdpa", "channels_last": True, "compile": True,

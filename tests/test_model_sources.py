@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from conftest import png_pixels as pixels
 from conftest import run_cli
+from helpers import THREADS, diffusers_image, tiny_sd_pipe
 
 
 def generate_params(**values):
@@ -32,10 +33,6 @@ def generate_params(**values):
 SIZE = 64
 STEPS = 4
 
-# one intra-op thread in the CLI subprocesses and for in-process reference renders: the same float sums on
-# both sides (thread count can move a pixel by a level) and no OpenMP oversubscription on a busy CPU
-THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-
 
 # ------------------------------------------------------------------------------------------ helpers
 def builtin(name: str) -> Path:
@@ -46,16 +43,6 @@ def builtin(name: str) -> Path:
 
 def cli(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
     return run_cli(*args, cwd=cwd, timeout=timeout, env=THREADS)
-
-
-@pytest.fixture
-def one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def outputs(out: Path) -> dict[str, list[dict]]:
@@ -268,15 +255,9 @@ def test_lora_changes_output_and_is_recorded(rendered, project):
 
 def test_no_lora_job_matches_plain_diffusers(rendered, one_thread):
     """``plain`` renders after ``lora_a`` loaded its adapter on the same UNet: nothing leaks into it."""
-    import torch
-    from diffusers import AutoPipelineForText2Image
-
     out, records = rendered
-    pipe = AutoPipelineForText2Image.from_pretrained(builtin("sdbatch/tiny-sd"))
-    pipe.set_progress_bar_config(disable=True)
-    image = pipe(prompt="a cat", negative_prompt=None, num_inference_steps=STEPS, guidance_scale=7.0, width=SIZE,
-                 height=SIZE, generator=torch.Generator("cpu").manual_seed(1)).images[0]
-    assert np.array_equal(np.asarray(image, dtype=np.int16), only_image(out, records, "plain"))
+    image = diffusers_image(tiny_sd_pipe(), seed=1, steps=STEPS, size=SIZE, prompt="a cat", negative_prompt=None)
+    assert np.array_equal(image, only_image(out, records, "plain"))
 
 
 def test_single_file_checkpoint_loads_offline(rendered, project):

@@ -16,14 +16,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
 import pytest
-from conftest import png_pixels as pixels
 from conftest import run_cli
+from helpers import THREADS, render_by_stage, tiny_sd_pipe
+from helpers import diffusers_image as pipe_image
+from helpers import stage_image as image
 
 from sdbatch.stages.prompts import has_syntax, parse_attention
 
 SIZE = 32
 STEPS = 2
-THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 SECOND_A = "under a red sky with birds"
 SECOND_B = "in a green sea with fish"
 
@@ -105,42 +106,12 @@ def project(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def rendered(project) -> tuple[Path, dict[str, dict]]:
-    out = project / "out"
-    result = run_cli("run", "recipe.yaml", "--out", "out", cwd=project, env=THREADS)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    records = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
-    return out, {r["stage"]: r for r in records if r.get("kind") == "output"}
-
-
-@pytest.fixture
-def one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def image(rendered, stage: str) -> np.ndarray:
-    out, records = rendered
-    return pixels(out / records[stage]["path"])
-
-
-def sd_pipe():
-    from diffusers import StableDiffusionPipeline
-
-    pipe = StableDiffusionPipeline.from_pretrained(builtin("sdbatch/tiny-sd"))
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return render_by_stage(project)
 
 
 def diffusers_image(pipe, **prompt) -> np.ndarray:
-    import torch
-
-    result = pipe(**prompt, num_inference_steps=STEPS, guidance_scale=7.0, width=SIZE, height=SIZE,
-                  generator=torch.Generator("cpu").manual_seed(3)).images[0]
-    return np.asarray(result, dtype=np.int16)
+    """Plain diffusers with the recipe's defaults (seed 3)."""
+    return pipe_image(pipe, seed=3, steps=STEPS, size=SIZE, **prompt)
 
 
 def test_weight_changes_the_image_and_is_compels_weighting(rendered, one_thread):
@@ -148,7 +119,7 @@ def test_weight_changes_the_image_and_is_compels_weighting(rendered, one_thread)
     from compel import Compel
 
     assert np.abs(image(rendered, "weighted") - image(rendered, "plain")).max() > 0, "the weight changed nothing"
-    pipe = sd_pipe()
+    pipe = tiny_sd_pipe()
     embeds = Compel(tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder, truncate_long_prompts=False)("a (cat)1.5")
     assert np.array_equal(image(rendered, "weighted"), diffusers_image(pipe, prompt_embeds=embeds))
     _, records = rendered
@@ -158,7 +129,7 @@ def test_weight_changes_the_image_and_is_compels_weighting(rendered, one_thread)
 
 def test_plain_prompts_are_plain_diffusers(rendered, one_thread):
     """A prompt without syntax (a1111 mode) and a syntax prompt in plain mode are the pipeline's own strings."""
-    pipe = sd_pipe()
+    pipe = tiny_sd_pipe()
     assert np.array_equal(image(rendered, "plain"), diffusers_image(pipe, prompt="a cat"))
     assert np.array_equal(image(rendered, "literal"), diffusers_image(pipe, prompt="a (cat:1.5)"))
     _, records = rendered
@@ -179,7 +150,7 @@ def test_break_starts_a_new_chunk(rendered):
     from sdbatch.stages.encoding import encode_text
 
     assert np.abs(image(rendered, "broken") - image(rendered, "joined")).max() > 0
-    pipe = sd_pipe()
+    pipe = tiny_sd_pipe()
     joined, _ = encode_text(pipe, "a cat, a dog", xl=False, syntax=None, clip_skip=None)
     broken, _ = encode_text(pipe, "a cat BREAK a dog", xl=False, syntax=None, clip_skip=None)
     cat, _ = encode_text(pipe, "a cat", xl=False, syntax=None, clip_skip=None)
@@ -200,7 +171,7 @@ def test_clip_skip_changes_the_image_and_is_in_the_infotext(rendered):
         assert "Clip skip: 2" in im.text["parameters"].splitlines()[-1]
     with Image.open(out / records["plain"]["path"]) as im:
         assert "Clip skip" not in im.text["parameters"]
-    pipe = sd_pipe()  # A1111's clip skip 2: the penultimate layer, then the final layer norm
+    pipe = tiny_sd_pipe()  # A1111's clip skip 2: the penultimate layer, then the final layer norm
     ids = pipe.tokenizer("a cat", padding="max_length", max_length=77, return_tensors="pt").input_ids
     with torch.no_grad():
         hidden = pipe.text_encoder(ids, output_hidden_states=True).hidden_states[-2]

@@ -14,7 +14,6 @@ loopback address as the machine's own address; the nodes still only talk to each
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import shutil
@@ -27,21 +26,14 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import pytest
-from conftest import manifest_records, output_pngs, png_pixels, run_cli
+from conftest import manifest_records, output_pngs, run_cli
+from helpers import assert_same_as_local, local_reference, manifest_so_far, ray_recipe
 
 pytest.importorskip("ray")
 psutil = pytest.importorskip("psutil")
 
-RECIPE = """\
-name: cluster
-model: sdbatch/tiny-sd
-defaults: {steps: 2, width: 64, height: 64}
-stages:
-  - {name: sketch, type: generate, prompt: [a wolf, a fox, a cat, an owl], seeds: [1, 2, 3]}
-  - {name: painted, type: img2img, input: sketch, prompt: oil painting, strength: 0.5}
-"""
+RECIPE = ray_recipe("cluster", steps=2)
 JOBS = 24
 RAY = str(Path(sys.executable).with_name("ray"))
 TOKEN = secrets.token_hex(16)  # this test's cluster token (never ~/.ray/auth_token)
@@ -161,10 +153,7 @@ def recipe(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def local_run(recipe: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    out = tmp_path_factory.mktemp("cluster-local") / "out"
-    proc = run_cli("run", recipe, "--out", out, "--executor", "local", env=_env())
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return output_pngs(out)
+    return local_reference(recipe, tmp_path_factory.mktemp("cluster-local") / "out", _env())
 
 
 def _run(recipe: Path, out: Path, log: Path, cluster: Cluster, *args: str, cwd: Path | None = None,
@@ -175,21 +164,8 @@ def _run(recipe: Path, out: Path, log: Path, cluster: Cluster, *args: str, cwd: 
                                 env=_env(RAY_ADDRESS=cluster.address, **env))
 
 
-def _so_far(out: Path) -> list[dict]:
-    """The lines so far of a manifest still being appended to (a torn last line is left out)."""
-    path = out / "manifest.jsonl"
-    records = []
-    for line in (path.read_text() if path.exists() else "").splitlines(keepends=True):
-        if line.endswith("\n"):
-            try:
-                records.append(json.loads(line))
-            except ValueError:
-                pass
-    return records
-
-
 def _recorded(out: Path) -> int:
-    return sum(r.get("kind") == "output" for r in _so_far(out))
+    return sum(r.get("kind") == "output" for r in manifest_so_far(out))
 
 
 def _wait(proc: subprocess.Popen, log: Path, timeout: float = 300) -> tuple[int, str]:
@@ -200,18 +176,6 @@ def _wait(proc: subprocess.Popen, log: Path, timeout: float = 300) -> tuple[int,
             proc.kill()
             proc.wait()
     return code, log.read_text()
-
-
-def _assert_same_as_local(out: Path, reference: dict[str, Path]) -> None:
-    pngs = output_pngs(out)
-    assert sorted(pngs) == sorted(reference)
-    for rel, path in reference.items():
-        assert np.array_equal(png_pixels(pngs[rel]), png_pixels(path)), f"{rel} differs from the local executor"
-    outputs = [r["path"] for r in manifest_records(out, "output")]
-    twice = [path for path, n in Counter(outputs).items() if n > 1]
-    assert not twice, f"recorded more than once: {twice}"
-    assert sorted(outputs) == sorted(reference)
-    assert not manifest_records(out, "failed") and not manifest_records(out, "skipped")
 
 
 def _until(condition, proc: subprocess.Popen, log: Path, what: str, timeout: float = 240) -> None:
@@ -229,7 +193,7 @@ def test_lost_node_loses_only_its_batch(recipe: Path, local_run: dict[str, Path]
     out, log = tmp_path / "out", tmp_path / "run.log"
     cli = _run(recipe, out, log, cluster, "--workers", "2")
     def node1_rendered_and_busy() -> bool:  # both nodes have outputs recorded, and node1 renders another batch
-        nodes = {r.get("node") for r in _so_far(out) if r.get("kind") == "output"}
+        nodes = {r.get("node") for r in manifest_so_far(out) if r.get("kind") == "output"}
         return len(nodes) >= 2 and bool(cluster.workers("node1", busy=True))
 
     _until(node1_rendered_and_busy, cli, log, "node1 rendered a batch and took another")
@@ -241,7 +205,7 @@ def test_lost_node_loses_only_its_batch(recipe: Path, local_run: dict[str, Path]
     assert code == 0, text
     assert recorded_at_kill < JOBS
     assert "lost" in text and "retrying" in text, text  # its in-flight batch went to the head's worker
-    _assert_same_as_local(out, local_run)
+    assert_same_as_local(out, local_run)
     nodes = Counter(r["node"] for r in manifest_records(out, "output"))
     assert len(nodes) == 2, nodes  # both nodes rendered, each output says which
     ends = [r for r in manifest_records(out, "run") if r.get("event") == "end"]
@@ -275,7 +239,7 @@ def test_no_live_worker_stops_then_resumes(recipe: Path, local_run: dict[str, Pa
     code, text = _wait(_run(recipe, out, tmp_path / "resume.log", cluster, "--worker-timeout", "5"),
                        tmp_path / "resume.log")
     assert code == 0, text
-    _assert_same_as_local(out, local_run)
+    assert_same_as_local(out, local_run)
 
 
 def test_node_joining_mid_run_gets_work(recipe: Path, cluster: Cluster, tmp_path: Path) -> None:
@@ -291,7 +255,7 @@ def test_node_joining_mid_run_gets_work(recipe: Path, cluster: Cluster, tmp_path
     held.suspend()
     try:
         cluster.start("node1")  # an autoscaler adds a node
-        _until(lambda: len({r.get("node") for r in _so_far(out) if r.get("kind") == "output"}) > 1, cli, log,
+        _until(lambda: len({r.get("node") for r in manifest_so_far(out) if r.get("kind") == "output"}) > 1, cli, log,
                "the new node rendered an output")
     finally:
         held.resume()

@@ -4,32 +4,23 @@ first test lets the executor start Ray itself, the second joins a running cluste
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import pytest
-from conftest import manifest_records, output_pngs, png_pixels, run_cli
+from conftest import manifest_records
+from helpers import assert_same_as_local, local_reference, manifest_so_far, ray_recipe
 
 pytest.importorskip("ray")
 psutil = pytest.importorskip("psutil")
 
 # 12 generate jobs and 12 img2img jobs reading them (stage dependencies), 64 px, 4 steps: long enough for a
 # worker to be killed while the others are rendering, short enough for two cores.
-RECIPE = """\
-name: raytest
-model: sdbatch/tiny-sd
-defaults: {steps: 4, width: 64, height: 64}
-stages:
-  - {name: sketch, type: generate, prompt: [a wolf, a fox, a cat, an owl], seeds: [1, 2, 3]}
-  - {name: painted, type: img2img, input: sketch, prompt: oil painting, strength: 0.5}
-"""
+RECIPE = ray_recipe("raytest", steps=4)
 JOBS = 24
 WORKER_TITLE = "ray::JobWorker"
 # no spinning OpenMP threads while two runs' (or two workers') thread teams share the cores; same results
@@ -82,10 +73,7 @@ def recipe(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def local_run(recipe: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The reference: the same recipe through the local executor."""
-    out = tmp_path_factory.mktemp("ray-local") / "out"
-    proc = run_cli("run", recipe, "--out", out, "--executor", "local", env=_env())
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    pngs = output_pngs(out)
+    pngs = local_reference(recipe, tmp_path_factory.mktemp("ray-local") / "out", _env())
     assert len(pngs) == JOBS
     return pngs
 
@@ -96,31 +84,14 @@ def _ray_cmd(recipe: Path, out: Path) -> list[str]:
 
 
 def _assert_same_as_local(out: Path, reference: dict[str, Path]) -> None:
-    pngs = output_pngs(out)
-    assert sorted(pngs) == sorted(reference)
-    for rel, path in reference.items():
-        assert np.array_equal(png_pixels(pngs[rel]), png_pixels(path)), f"{rel} differs from the local executor"
-    outputs = [r["path"] for r in manifest_records(out, "output")]
-    twice = [path for path, n in Counter(outputs).items() if n > 1]
-    assert not twice, f"recorded more than once: {twice}"
-    assert sorted(outputs) == sorted(reference)
-    assert not manifest_records(out, "failed") and not manifest_records(out, "skipped")
+    assert_same_as_local(out, reference)
     ends = [r for r in manifest_records(out, "run") if r.get("event") == "end"]
     assert ends[-1]["rendered"] == JOBS and ends[-1]["exit_code"] == 0
 
 
 def _recorded_so_far(out: Path) -> int:
     """Output lines in a manifest that is still being appended to (a torn last line is not counted)."""
-    path = out / "manifest.jsonl"
-    text = path.read_text() if path.exists() else ""
-    count = 0
-    for line in text.splitlines(keepends=True):
-        if line.endswith("\n"):
-            try:
-                count += json.loads(line).get("kind") == "output"
-            except ValueError:
-                pass
-    return count
+    return sum(r.get("kind") == "output" for r in manifest_so_far(out))
 
 
 def _job_workers(root: psutil.Process) -> dict[int, str]:

@@ -7,9 +7,6 @@ built-in tiny model (``sdbatch/tiny-sd``, random weights) built once per session
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -17,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import manifest_records, png_pixels, run_cli
+from helpers import frame_files, frame_records, kill_run_when, run_ok
 
 from sdbatch.io.artifacts import read_png_record
 from sdbatch.io.video import _probe_header, iter_frames, make_test_clip, probe_video
@@ -45,49 +44,12 @@ stages:
 
 
 # --------------------------------------------------------------------------------------- helpers
-def _env() -> dict[str, str]:
-    return dict(os.environ, HF_HUB_OFFLINE="1")
-
-
-def _cmd(recipe: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "sdbatch", "run", str(recipe), "--out", str(out), *extra]
-
-
-def _run(recipe: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    res = subprocess.run(_cmd(recipe, out, *extra), check=False, capture_output=True, text=True, timeout=600,
-                         env=_env())
-    assert res.returncode == 0, res.stderr[-3000:]
-    return res
-
-
-def _validate(recipe: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sdbatch", "validate", str(recipe)], check=False,
-                          capture_output=True, text=True, timeout=120, env=_env())
-
-
-def _records(out: Path) -> list[dict]:
-    lines = (out / "manifest.jsonl").read_text().splitlines()
-    return [r for r in map(json.loads, lines) if r.get("kind") == "output"]
-
-
-def _frame_records(out: Path, stage: str) -> list[dict]:
-    return [r for r in _records(out) if r["stage"] == stage and r["role"] == "frame"]
-
-
 def _mp4_records(out: Path, stage: str) -> list[dict]:
-    return [r for r in _records(out) if r["stage"] == stage and r["path"].endswith(".mp4")]
+    return [r for r in manifest_records(out, "output") if r["stage"] == stage and r["path"].endswith(".mp4")]
 
 
 def _pixels(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
-
-
-def _frame_files(out: Path, stage: str) -> list[Path]:
-    folder = out / stage / "frames"
-    return sorted(p for p in folder.glob("*.png") if not p.name.startswith(".")) if folder.is_dir() else []
+    return png_pixels(path, "uint8")
 
 
 def _sha256(path: Path) -> str:
@@ -118,7 +80,7 @@ def project(tmp_path_factory) -> Path:
 def full_run(project) -> Path:
     """The coherent recipe rendered without interruption."""
     out = project / "out-full"
-    _run(project / "walk.yaml", out)
+    run_ok(project / "walk.yaml", out, timeout=600)
     return out
 
 
@@ -130,7 +92,7 @@ def test_clip_with_sound_comes_back_as_mp4_with_every_frame(project, full_run):
     assert info.has_audio
     assert abs(_container_seconds(mp4) - FRAMES / FPS) < 0.15
 
-    frames = _frame_records(full_run, "anime")
+    frames = frame_records(full_run, "anime")
     assert [r["frame"]["index"] for r in frames] == list(range(FRAMES))
     assert [r["frame"]["source_frame"] for r in frames] == list(range(FRAMES))
     assert [r["frame"]["seed"] for r in frames] == [5 + i for i in range(FRAMES)]  # seed_behavior: iter
@@ -169,13 +131,13 @@ stages:
   - {name: held, type: restyle, input: clips/walk.mp4, coherence: {flow: 0.9}}
 """)
     out = project / "out-cheap"
-    _run(recipe, out)
+    run_ok(recipe, out, timeout=600)
     source = [f for _, f in iter_frames(project / "clips" / "walk.mp4")]
 
     # every_nth_frame: 2 -> 12 frames at 6 fps, sound kept
     info = probe_video(out / "half" / "half.mp4")
     assert (info.frames, info.fps, info.width, info.height, info.has_audio) == (12, 6, W, H, True)
-    frames = _frame_records(out, "half")
+    frames = frame_records(out, "half")
     assert [r["frame"]["source_frame"] for r in frames] == list(range(0, FRAMES, 2))
     for r in frames:
         assert np.array_equal(_pixels(out / r["path"]), source[r["frame"]["source_frame"]])
@@ -186,7 +148,7 @@ stages:
     # start/end range: source frames 4..15, sound trimmed to the kept second
     info = probe_video(out / "cut" / "cut.mp4")
     assert (info.frames, info.fps, info.has_audio) == (12, FPS, True)
-    assert [r["frame"]["source_frame"] for r in _frame_records(out, "cut")] == list(range(4, 16))
+    assert [r["frame"]["source_frame"] for r in frame_records(out, "cut")] == list(range(4, 16))
     assert abs(_container_seconds(out / "cut" / "cut.mp4") - 1.0) < 0.1
 
     # a stage's mp4 as input; audio: drop
@@ -196,7 +158,7 @@ stages:
     # flow coherence: each frame carries the previous one (warped) -> far less flicker than the source
     from sdbatch.stages.restyle import flicker
 
-    held = [_pixels(p) for p in _frame_files(out, "held")]
+    held = [_pixels(p) for p in frame_files(out, "held")]
     assert len(held) == FRAMES
     steady, moving = flicker(held, source), flicker(source, source)
     print(f"flicker: source {moving:.2f}, strength 0 + flow 0.9 {steady:.2f}")
@@ -206,26 +168,18 @@ stages:
 # ------------------------------------------------------------------------------------ criterion 3
 def test_killed_run_resumes_to_the_same_frames(project, full_run):
     out = project / "out-killed"
-    proc = subprocess.Popen(_cmd(project / "walk.yaml", out), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=_env())
-    try:
-        deadline = time.monotonic() + 300
-        while len(_frame_files(out, "anime")) < 3 and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait(timeout=60)
-    done_at_kill = len(_frame_files(out, "anime"))
+    kill_run_when(project / "walk.yaml", out, lambda: len(frame_files(out, "anime")) >= 3, timeout=300)
+    done_at_kill = len(frame_files(out, "anime"))
     assert 3 <= done_at_kill < FRAMES, done_at_kill
     assert not (out / "anime" / "anime.mp4").exists()
 
-    _run(project / "walk.yaml", out)
-    files = _frame_files(out, "anime")
-    assert [p.name for p in files] == [p.name for p in _frame_files(full_run, "anime")]
-    for mine, reference in zip(files, _frame_files(full_run, "anime")):
+    run_ok(project / "walk.yaml", out, timeout=600)
+    files = frame_files(out, "anime")
+    assert [p.name for p in files] == [p.name for p in frame_files(full_run, "anime")]
+    for mine, reference in zip(files, frame_files(full_run, "anime")):
         assert np.array_equal(_pixels(mine), _pixels(reference)), mine.name
     assert not _temp_files(out)
-    frames = _frame_records(out, "anime")
+    frames = frame_records(out, "anime")
     assert sorted(r["path"] for r in frames) == [f"anime/frames/{i:06d}.png" for i in range(FRAMES)]
     for r in frames:
         assert r["sha256"] == _sha256(out / r["path"])
@@ -284,7 +238,8 @@ stages:
 """)
         out = tmp_path / f"out-{name}"
         with open(tmp_path / f"{name}.log", "wb") as log:
-            proc = subprocess.Popen(_cmd(recipe, out), stdout=log, stderr=log, env=_env())
+            proc = subprocess.Popen([sys.executable, "-m", "sdbatch", "run", str(recipe), "--out", str(out)],
+                                    stdout=log, stderr=log)
         procs[name] = (proc, psutil.Process(proc.pid), out, frames)
     stage_peak = {name: 0 for name in procs}
     process_peak = {name: 0 for name in procs}
@@ -301,7 +256,7 @@ stages:
     for name, (proc, _ps, out, frames) in procs.items():
         assert proc.returncode == 0, (tmp_path / f"{name}.log").read_text()[-2000:]
         assert probe_video(out / "r" / "r.mp4").frames == frames
-        assert len(_frame_records(out, "r")) == frames
+        assert len(frame_records(out, "r")) == frames
     mib = {k: {n: v / 2**20 for n, v in d.items()} for k, d in (("stage", stage_peak), ("process", process_peak))}
     for what, peaks in mib.items():
         print(f"peak RSS ({what}): 50 frames {peaks['short']:.1f} MiB, 2000 frames {peaks['long']:.1f} MiB "
@@ -330,7 +285,7 @@ stages:
   - {{name: anime, type: restyle, {stage[1]}}}
   - {{name: pics, type: generate, prompt: a cat}}
 """)
-    res = _validate(recipe)
+    res = run_cli("validate", recipe, timeout=120)
     assert res.returncode == 2, res.stdout + res.stderr
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1, res.stderr

@@ -98,6 +98,10 @@ def test_api_names():
         "sdbatch/tiny-ip-adapter": "v1",
         "sdbatch/tiny-controlnet": "v1",
         "sdbatch/tiny-controlnet-sdxl": "v1",
+        "sdbatch/tiny-sd-x4": "v1",
+        "sdbatch/tiny-sdxl-refiner": "v1",
+        "sdbatch/tiny-sd3": "v1",
+        "sdbatch/tiny-flux": "v1",
     }
     assert all(tiny.is_builtin(n) for n in tiny.BUILTIN_MODELS)
     for other in ("runwayml/stable-diffusion-v1-5", "tiny-sd", "sdbatch/nope", "/tmp/x", ""):

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import png_pixels, run_cli
+from helpers import frame_files, frame_records, kill_run_when, pngs, run_ok
 
 from sdbatch.io.testclips import make_test_clip
 from sdbatch.io.video import iter_frames, probe_video
@@ -72,34 +72,12 @@ stages:
 """
 
 
-def _env() -> dict[str, str]:
-    return dict(os.environ, HF_HUB_OFFLINE="1")
-
-
-def _cmd(*args: str | Path) -> list[str]:
-    return [sys.executable, "-m", "sdbatch", *map(str, args)]
-
-
-def _run(recipe: Path, out: Path) -> None:
-    res = subprocess.run(_cmd("run", recipe, "--out", out), capture_output=True, text=True, timeout=900, env=_env())
-    assert res.returncode == 0, res.stderr[-3000:]
-
-
-def _pngs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.glob("*.png") if not p.name.startswith(".")) if folder.is_dir() else []
-
-
 def _pixels(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
+    return png_pixels(path, "uint8")
 
 
 def _frame_records(out: Path, stage: str) -> list[dict]:
-    records = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines() if line.strip()]
-    return sorted((r for r in records if r.get("kind") == "output" and r.get("stage") == stage
-                   and r.get("role") == "frame"), key=lambda r: r["frame"]["index"])
+    return sorted(frame_records(out, stage), key=lambda r: r["frame"]["index"])
 
 
 def _canny(frame: np.ndarray) -> np.ndarray:
@@ -127,7 +105,7 @@ def project(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def full_run(project) -> Path:
     out = project / "out-full"
-    _run(project / "walk.yaml", out)
+    run_ok(project / "walk.yaml", out)
     return out
 
 
@@ -136,7 +114,7 @@ def test_restyle_with_per_frame_canny_and_cross_frame(project, full_run):
     info = probe_video(mp4)
     assert (info.frames, info.fps, info.width, info.height, info.has_audio) == (FRAMES, FPS, SIDE, SIDE, True)
     sources = [f for _, f in iter_frames(project / "clips" / "walk.mp4", size=(SIDE, SIDE))]
-    controls = _pngs(full_run / "anime" / "control")
+    controls = pngs(full_run / "anime" / "control")
     assert [p.name for p in controls] == [f"{i:06d}.png" for i in range(FRAMES)]
     for i, path in enumerate(controls):  # each frame's control image: its own source frame's edges
         assert np.array_equal(_pixels(path), _canny(sources[i])), path.name
@@ -153,24 +131,16 @@ def test_restyle_with_per_frame_canny_and_cross_frame(project, full_run):
 
 def test_killed_controlled_cross_frame_restyle_resumes_to_identical_frames(project, full_run):
     out = project / "out-killed"
-    proc = subprocess.Popen(_cmd("run", project / "walk.yaml", "--out", out), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=_env())
-    try:
-        deadline = time.monotonic() + 600
-        while len(_pngs(out / "anime" / "frames")) < 3 and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait(timeout=60)
-    done = len(_pngs(out / "anime" / "frames"))
+    kill_run_when(project / "walk.yaml", out, lambda: len(frame_files(out, "anime")) >= 3, timeout=600)
+    done = len(frame_files(out, "anime"))
     assert 3 <= done < FRAMES, done
     assert not (out / "anime" / "anime.mp4").exists()
-    _run(project / "walk.yaml", out)
-    mine, theirs = _pngs(out / "anime" / "frames"), _pngs(full_run / "anime" / "frames")
+    run_ok(project / "walk.yaml", out)
+    mine, theirs = frame_files(out, "anime"), frame_files(full_run, "anime")
     assert [p.name for p in mine] == [p.name for p in theirs]
     for a, b in zip(mine, theirs):
         assert np.array_equal(_pixels(a), _pixels(b)), a.name
-    assert [p.name for p in _pngs(out / "anime" / "control")] == [f"{i:06d}.png" for i in range(FRAMES)]
+    assert [p.name for p in pngs(out / "anime" / "control")] == [f"{i:06d}.png" for i in range(FRAMES)]
     assert probe_video(out / "anime" / "anime.mp4").frames == FRAMES
     assert probe_video(out / "anime" / "anime.mp4").has_audio
 
@@ -179,12 +149,12 @@ def test_animate_steered_by_a_control_video_or_a_still_and_an_aligned_restyle(pr
     from PIL import Image
 
     out = project / "out-others"
-    _run(project / "others.yaml", out)
+    run_ok(project / "others.yaml", out)
     edges = [f for _, f in iter_frames(project / "clips" / "edges.mp4", size=(SIDE, SIDE))]
 
     # animate: frame i is steered by the control video's frame i
     assert probe_video(out / "steered" / "steered.mp4").frames == 4
-    controls = _pngs(out / "steered" / "control")
+    controls = pngs(out / "steered" / "control")
     assert [p.name for p in controls] == [f"{i:06d}.png" for i in range(4)]
     for i, path in enumerate(controls):
         assert np.array_equal(_pixels(path), _canny(edges[i])), path.name
@@ -193,7 +163,7 @@ def test_animate_steered_by_a_control_video_or_a_still_and_an_aligned_restyle(pr
     # animate with a still: every frame uses it (resized to the job's size)
     with Image.open(project / "still.png") as im:
         still = np.asarray(im.convert("RGB").resize((SIDE, SIDE), Image.LANCZOS))
-    controls = _pngs(out / "still" / "control")
+    controls = pngs(out / "still" / "control")
     assert len(controls) == 3 and all(np.array_equal(_pixels(p), still) for p in controls)
 
     # restyle with a control video: source frame j is steered by its frame j (start_frame 20 -> frames 20..23)
@@ -213,7 +183,7 @@ def test_animate_steered_by_a_control_video_or_a_still_and_an_aligned_restyle(pr
 def test_a_control_video_shorter_than_the_clip_is_refused_at_validate(project, stage):
     recipe = project / "short.yaml"
     recipe.write_text(f"name: short\nmodel: sdbatch/tiny-sd\nstages:\n  - {stage}\n")
-    res = subprocess.run(_cmd("validate", recipe), capture_output=True, text=True, timeout=120, env=_env())
+    res = run_cli("validate", recipe, timeout=120)
     assert res.returncode == 2, res.stdout + res.stderr
     (line,) = res.stderr.strip().splitlines()
     assert line.startswith(f"{recipe}:4: ") or line.startswith("short.yaml:4: "), line

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import Problem
 from ..sources.specs import check_model_spec, check_pipeline_config, check_vae_spec, check_weights_file
+from .families import family_problems
 from .images import check_image
 from .stage import StageConfig
 from .types import IMAGE_SUFFIXES
@@ -205,6 +206,7 @@ def check_files(loaded: LoadedRecipe) -> list[Problem]:
                         else ("model",)
                     problems.append(Problem(_line(loaded, *where), format_path(where), problem))
             problems.extend(p for p in _check_sources(loaded, i, config) if p not in problems)
+            problems.extend(p for p in family_problems(loaded, i, config, model, _where) if p not in problems)
     return list({(p.line, p.path, p.message, p.file): p for p in problems}.values())
 
 

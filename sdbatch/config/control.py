@@ -13,6 +13,7 @@ A recipe's unit (:class:`ControlUnit`, keys as issue 12 writes them)::
         start: 0.0                 # control_guidance_start
         end: 1.0                   # control_guidance_end
         depth_model: depth-anything/Depth-Anything-V2-Small-hf   # preprocess: depth (animate 3d's key/default)
+        annotators: lllyasviel/Annotators   # controlnet_aux preprocessors: hub id or folder of their weights
 
 What a job keeps (:class:`ControlRef`, in its params, so in its id and the manifest's ``params``): the model's
 identity, where the control image comes from (``source``: the stage's own ``input``, ``files`` of the image
@@ -22,9 +23,9 @@ pattern with each file's sha256, a ``video``) and every number above. Pure pydan
 from __future__ import annotations
 
 import importlib.util
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_serializer
 
 from .types import StrictModel
 
@@ -45,10 +46,30 @@ AUX_PREPROCESSORS = {
     "mediapipe_face": "MediapipeFaceDetector",
 }
 AUX_INSTALL = 'pip install -e ".[controlnet-aux]"'
+#: the weights files each preprocessor's ``from_pretrained`` reads from the ``annotators`` folder / hub repo
+AUX_WEIGHTS = {
+    "lineart": ("sk_model.pth", "sk_model2.pth"), "lineart_anime": ("netG.pth",), "softedge": ("ControlNetHED.pth",),
+    "hed": ("ControlNetHED.pth",), "scribble": ("ControlNetHED.pth",), "pidi": ("table5_pidinet.pth",),
+    "openpose": ("body_pose_model.pth", "hand_pose_model.pth", "facenet.pth"), "mlsd": ("mlsd_large_512_fp32.pth",),
+    "normalbae": ("scannet.pt",), "shuffle": (), "mediapipe_face": (),
+}
+#: preprocessors that need one more package beside controlnet_aux: name -> (module, install command)
+AUX_NEEDS = {"mediapipe_face": ("mediapipe", "pip install mediapipe")}
+#: A1111 sd-webui-controlnet's module names (the infotext's ``Module:``)
+A1111_MODULES = {"lineart": "lineart_realistic", "softedge": "softedge_hed", "hed": "softedge_hed",
+                 "pidi": "softedge_pidinet", "scribble": "scribble_hed", "normalbae": "normal_bae"}
+DEFAULT_ANNOTATORS = "lllyasviel/Annotators"
 DEFAULT_DEPTH_MODEL = "depth-anything/Depth-Anything-V2-Small-hf"  # animate 3d's default
 Preprocess = Literal["none", "canny", "depth", "lineart", "lineart_anime", "softedge", "hed", "pidi", "openpose",
                      "mlsd", "normalbae", "scribble", "shuffle", "mediapipe_face"]
 Threshold = Annotated[StrictInt, Field(ge=0, le=255)]
+
+
+def aux_resolution(side: int) -> int:
+    """The resolution a controlnet_aux detector runs at for an image whose shorter side is ``side``: that side
+    rounded up to a multiple of 64 (controlnet_aux rounds each side to a multiple of 64, so below 32 px a side
+    would vanish); its output is resized back to the image's size."""
+    return max(64, -(-side // 64) * 64)
 
 
 def aux_installed() -> bool:
@@ -68,6 +89,7 @@ class ControlUnit(StrictModel):
     start: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
     end: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0
     depth_model: Annotated[str, Field(min_length=1)] = DEFAULT_DEPTH_MODEL
+    annotators: Annotated[str, Field(min_length=1)] = DEFAULT_ANNOTATORS  # controlnet_aux's weights (AUX_WEIGHTS)
 
     def problems(self) -> list[tuple[str, str]]:
         """(field, message) of each problem the unit's fields have together (reported by the planner at the
@@ -80,6 +102,9 @@ class ControlUnit(StrictModel):
         if self.preprocess in AUX_PREPROCESSORS and not aux_installed():
             found.append(("preprocess", f"{self.preprocess!r} needs controlnet_aux, which is not installed: "
                                         f"{AUX_INSTALL}"))
+        elif self.preprocess in AUX_NEEDS and importlib.util.find_spec(AUX_NEEDS[self.preprocess][0]) is None:
+            module, install = AUX_NEEDS[self.preprocess]
+            found.append(("preprocess", f"{self.preprocess!r} needs {module}, which is not installed: {install}"))
         return found
 
 
@@ -98,16 +123,24 @@ class ControlRef(BaseModel):
     low: int | None = None  # canny only
     high: int | None = None
     depth_model: str | None = None  # depth only: the depth model's identity
+    annotators: str | None = None  # controlnet_aux preprocessors only: their weights' identity (left out if None)
     scale: float = 1.0
     start: float = 0.0
     end: float = 1.0
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        if data.get("annotators") is None:  # ids of units without a controlnet_aux preprocessor stay as they were
+            data.pop("annotators", None)
+        return data
 
 
 def controlnet_units(params: dict) -> list[tuple[str, str]]:
     """A1111 sd-webui-controlnet's infotext fields of a job's ControlNets: ``("ControlNet 0", "Module: canny,
     Model: control_v11p_sd15_canny, Weight: 1.0, Resize Mode: Just Resize, ...")`` (the writer quotes them). The
     control image is resized to the job's size without cropping: A1111's "Just Resize"; it is preprocessed at
-    that size (Processor Res: its shorter side)."""
+    that size (Processor Res: its shorter side; a controlnet_aux one at :func:`aux_resolution` of it)."""
     units = params.get("controlnet")
     if not isinstance(units, list):
         return []
@@ -116,8 +149,11 @@ def controlnet_units(params: dict) -> list[tuple[str, str]]:
     for i, unit in enumerate(u for u in units if isinstance(u, dict)):
         model = str(unit.get("model", ""))
         name = model.rsplit("/", 1)[-1].removesuffix(".safetensors")
-        fields = [("Module", unit.get("preprocess", "none")), ("Model", name), ("Weight", float(unit.get("scale", 1.0))),
-                  ("Resize Mode", "Just Resize"), ("Low Vram", False), ("Processor Res", side)]
+        module = unit.get("preprocess", "none")
+        res = aux_resolution(side) if module in AUX_PREPROCESSORS else side
+        fields = [("Module", A1111_MODULES.get(module, module)), ("Model", name),
+                  ("Weight", float(unit.get("scale", 1.0))), ("Resize Mode", "Just Resize"), ("Low Vram", False),
+                  ("Processor Res", res)]
         if unit.get("preprocess") == "canny":
             fields += [("Threshold A", unit.get("low")), ("Threshold B", unit.get("high"))]
         fields += [("Guidance Start", float(unit.get("start", 0.0))), ("Guidance End", float(unit.get("end", 1.0))),

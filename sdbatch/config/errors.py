@@ -362,15 +362,18 @@ def _key_hint(e: _Located) -> str:
     if target in names or (target and model is None):
         return f" ({a1111})"
     wanted = target or key
+    where = ""
     for name in names:  # a key of a mapping one level down: `steps` at the top level goes in `defaults:`
         sub = _Type.of(model.model_fields[name].annotation).model
         if sub is not None and wanted in sub.model_fields:
             where = f"under '{name}:'" + (" or on a stage" if name == "defaults" else "")
-            return f" ({a1111}, {where})" if target else f" (it goes {where})"
+            break
     others = [str(t) for t, m in e.siblings if m is not None and wanted in m.model_fields]
-    if others:  # a key another branch of a tagged union takes: `strength` on a generate stage
-        which = _names(others)
-        return f" ({a1111}, for {which} stages)" if target else f" (only {which} stages take it)"
+    if others:  # a key another branch of a tagged union takes: `strength` on a generate stage (or its `hires:`)
+        which, here = _names(others), (f", or here {where}" if where else "")
+        return f" ({a1111}, for {which} stages{here})" if target else f" (only {which} stages take it{here})"
+    if where:
+        return f" ({a1111}, {where})" if target else f" (it goes {where})"
     close = difflib.get_close_matches(key, names, n=1, cutoff=_CUTOFF)
     return f" (did you mean {close[0]!r}?)" if close else ""
 

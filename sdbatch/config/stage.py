@@ -96,6 +96,9 @@ class StageParams(StrictModel):
     # how prompts are read (identity: a job's params carry them only where they change its encoding)
     prompt_syntax: PromptSyntax | None = None  # a1111 (default): A1111's (x:1.2), [x], BREAK; plain: literal
     clip_skip: ClipSkip | None = None  # A1111's Clip skip (1 = none); diffusers' clip_skip is this - 1
+    # SD3/SD3.5 and Flux.1 only (sdbatch.config.families; identity, left out of params when unset)
+    max_sequence_length: Annotated[StrictInt, Field(ge=1, le=512)] | None = None  # T5 tokens (diffusers' default)
+    true_cfg: Annotated[float, Field(ge=1, le=100)] | None = None  # Flux: real CFG with the negative prompt (1 = off)
 
     @field_validator("width", "height")
     @classmethod
@@ -138,6 +141,8 @@ class StageConfig(StageParams):
         "width", "height", "loras", "vae", "pipeline_config", "embeddings",
         "wildcards", "rows", "controlnet", "ip_adapter",
     })
+    #: the model families (sdbatch.sources.families) the stage renders with; None: every family
+    FAMILIES: ClassVar[tuple[str, ...] | None] = None
     #: identity params left out of a job's params (and id) when None, so ids stay those of older versions
     OMIT_IF_NONE: ClassVar[frozenset[str]] = frozenset()
 
@@ -207,6 +212,11 @@ class StageConfig(StageParams):
         renders at most REHEARSE_MAX_FRAMES frames. ``source_frames``: the frames of the video it reads."""
         if self.VIDEO and "frames" in params:
             params["frames"] = min(params["frames"], REHEARSE_MAX_FRAMES)
+
+    @classmethod
+    def output_size(cls, params: Any) -> tuple[int, int]:
+        """The size of a job's images (what a stage reading them gets): its params' width x height."""
+        return params.width, params.height
 
     def output_frames(self, params: dict[str, Any], source_frames: int | None) -> int | None:
         """The frames of a video stage's job (what a stage reading its video gets), None if unknown."""

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, PrivateAttr, create_model
 
 from ..config.control import ControlRef
 from ..config.ipadapter import IpAdapterRef
+from ..config.refiner import RefinerRef
 from ..config.stage import StageConfig, StageParams
 
 
@@ -54,9 +55,11 @@ class JobParams(BaseModel):
     embeddings: list[EmbeddingRef] | None = None
     controlnet: list[ControlRef] | None = None  # ControlNets and their control images (sdbatch.stages.control)
     ip_adapter: list[IpAdapterRef] | None = None  # image prompts (sdbatch.stages.ipadapter_config)
+    refiner: RefinerRef | None = None  # generate's SDXL refiner (sdbatch.stages.refiner)
 
     OMIT_IF_NONE: ClassVar[frozenset[str]] = frozenset({"loras", "vae", "pipeline_config", "embeddings", "controlnet",
-                                                        "ip_adapter", "prompt_syntax", "clip_skip"})
+                                                        "ip_adapter", "prompt_syntax", "clip_skip",
+                                                        "max_sequence_length", "true_cfg", "refiner"})
 
     _json: dict[str, Any] | None = PrivateAttr(default=None)
     _key: str | None = PrivateAttr(default=None)

@@ -27,6 +27,7 @@ from functools import cached_property
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
 
+from ..config.families import family_params
 from ..config.limits import MAX_SEED, MAX_SIDE
 from ..config.stage import REHEARSE_MAX_SIDE, REHEARSE_MAX_STEPS, StageConfig
 from ..errors import Problem, RecipeError
@@ -176,12 +177,12 @@ class RecipePlanner:
         value = names[0]
         if value in self.jobs_by_stage:
             upstream = self.recipe.stage(value)
-            wants_video = stage.READS == "video"
-            if upstream.VIDEO != wants_video:
+            wants_video = stage.READS == "video" or (stage.READS == "any" and self.makes_video(upstream))
+            if self.makes_video(upstream) != wants_video:
                 what = "a video" if wants_video else "images"
                 hooks.problem((stage.INPUT_FIELD,), f"stage {value!r} ({upstream.type}) does not produce {what}")
                 return []
-            return [Source(InputRef(job.output, None, job.job_id), job.seed, (job.params.width, job.params.height),
+            return [Source(InputRef(job.output, None, job.job_id), job.seed, upstream.output_size(job.params),
                            self.video_frames.get(job.job_id)) for job in self.jobs_by_stage[value]]
         if stage.READS == "video":
             source, problem = self.inputs.video_file(stage, value)
@@ -192,6 +193,14 @@ class RecipePlanner:
         for problem in problems:
             hooks.problem((stage.INPUT_FIELD,), problem)
         return sources
+
+    def makes_video(self, stage: StageConfig) -> bool:
+        """Whether ``stage``'s jobs make videos: its VIDEO; one that READS "any" (images or a video) makes what
+        its upstream stage makes."""
+        names = stage.input_names
+        if stage.READS == "any" and names and names[0] in self.jobs_by_stage:
+            return self.makes_video(self.recipe.stage(names[0]))
+        return stage.VIDEO
 
     def expand(self, index: int, stage: StageConfig, pick: PromptPicker | None = None) -> list[Job]:
         recipe, rehearse = self.recipe, self.rehearse
@@ -205,11 +214,13 @@ class RecipePlanner:
         own_seeds = stage.job_seeds()
         fixed = {name: getattr(stage, name) for name in config.identity_fields()}
         stage.plan_hook(hooks, fixed)
+        family_params(hooks, stage, fixed)  # a model family's own defaults (Flux.1's guidance and true_cfg)
+        video = self.makes_video(stage)
         aux = hooks.aux
         if not rehearse:  # LoRAs / VAE for the real model would not fit the tiny stand-in
             aux.update(self.inputs.model_sources(stage, model, recipe.pipeline_config, fixed))
         options = {name: getattr(stage, name) for name in config.runtime_fields() if name != "device"}
-        if stage.VIDEO:
+        if video:
             options["previews"] = None
         options = RunOptions(**options, allow_pickle=True if recipe.allow_pickle else None)
         bad_combos: set[tuple] = set()
@@ -217,7 +228,11 @@ class RecipePlanner:
         jobs: list[Job] = []
         for item in self.sources(hooks):
             source = item.ref
-            width, height = job_size(stage, item.size)
+            plan_size = getattr(stage, "plan_size", None)  # a stage's own rule (upscale: the input's size x scale)
+            size = plan_size(hooks, item.size) if plan_size else job_size(stage, item.size)
+            if size is None:  # the stage reported why
+                continue
+            width, height = size
             if item.size is not None and not check_size(hooks, item, (width, height)):
                 continue
             if rehearse:
@@ -242,7 +257,7 @@ class RecipePlanner:
                 if rehearse:
                     stage.rehearse_params(values, item.frames)
                 frames = stage.output_frames(values, item.frames)
-                if stage.VIDEO and not check_seed_span(hooks, seeds, stage.seed_span(values, frames)):
+                if video and not check_seed_span(hooks, seeds, stage.seed_span(values, frames)):
                     continue
                 memo = (tuple(combo.items()), steps, width, height, item.frames if rehearse else None)
                 try:  # the same values over many inputs (an img2img of 50,000 images): one params object
@@ -270,9 +285,9 @@ class RecipePlanner:
                     digest.update(f"\0seed={seed}".encode())
                     jobs.append(Job(digest.hexdigest(), stage.name, stage.type, text, negative, seed,
                                     params, model, device, dtype, "", [source] if source else [], mask, options, aux, *templates))
-                    if stage.VIDEO:
+                    if video:
                         self.video_frames[jobs[-1].job_id] = frames
-        name_outputs(stage, jobs)
+        name_outputs(stage, jobs, video)
         return jobs
 
 
@@ -301,7 +316,7 @@ def check_seed_span(hooks: StagePlanner, seeds: Sequence[int], span: int) -> boo
 INPUT_STEM_LIMIT = 40  # characters of an input file's slugified stem in an output's name
 
 
-def name_outputs(stage: StageConfig, jobs: list[Job]) -> None:
+def name_outputs(stage: StageConfig, jobs: list[Job], video: bool | None = None) -> None:
     """``<stage>/<prompt-slug>-<seed>-<id8>.png``; an image stage reading a file (not an upstream stage) keeps
     its name: ``<stage>/<input-stem>-<prompt-slug>-<seed>-<id8>.png`` (the stem slugified as prompts are, at most
     40 characters: ``IMG_0012.png`` -> ``img-0012``; inputs whose stems collide differ by the id8). A video
@@ -309,6 +324,7 @@ def name_outputs(stage: StageConfig, jobs: list[Job]) -> None:
     jobs with one id (input files with equal content) share one output, named after the first."""
     slugs: dict[str, str] = {}
     named: dict[str, str] = {}
+    video = stage.VIDEO if video is None else video
     for job in jobs:
         if job.job_id in named:
             job.output = named[job.job_id]
@@ -318,7 +334,7 @@ def name_outputs(stage: StageConfig, jobs: list[Job]) -> None:
             first = next(iter(prompts.values() if isinstance(prompts, dict) else prompts), "")
             slugs[job.prompt] = slugify(job.prompt or first or stage.name)
         slug = f"{slugs[job.prompt]}-{job.seed}-{job.job_id[:8]}"
-        if not stage.VIDEO:
+        if not video:
             source = job.inputs[0] if job.inputs else None
             if source is not None and source.job_id is None:  # a file or glob match, not a stage's output
                 slug = f"{slugify(PurePath(source.path).stem, INPUT_STEM_LIMIT)}-{slug}"

@@ -49,6 +49,7 @@ SAMPLER_BY_CLASS = {
     "PNDMScheduler": "PLMS",
     "HeunDiscreteScheduler": "Heun",
     "LCMScheduler": "LCM",
+    "FlowMatchEulerDiscreteScheduler": "Euler",  # SD3 / Flux.1: Forge writes "Euler, Schedule type: Simple"
 }
 
 
@@ -60,6 +61,8 @@ def default_sampler_name(class_name: str, config: Any) -> str:
     get = config.get if hasattr(config, "get") else (lambda key, default=None: getattr(config, key, default))
     if class_name == "DPMSolverMultistepScheduler" and str(get("algorithm_type", "")).startswith("sde-"):
         name = "DPM++ 2M SDE"
+    if class_name.startswith("FlowMatch"):
+        return f"{name} Simple"
     if name not in _SCHEDULED_SAMPLERS:
         return name
     for key, label in (("use_karras_sigmas", "Karras"), ("use_exponential_sigmas", "Exponential")):
@@ -147,6 +150,7 @@ def a1111_parameters(record: dict[str, Any]) -> str:
     """
     from ..config.control import controlnet_units
     from ..config.ipadapter import ip_adapter_units
+    from ..config.refiner import refiner_fields
 
     params = record.get("params") if isinstance(record.get("params"), dict) else {}
     frame = record.get("frame") if isinstance(record.get("frame"), dict) else {}
@@ -159,12 +163,13 @@ def a1111_parameters(record: dict[str, Any]) -> str:
     model = record.get("model") if isinstance(record.get("model"), dict) else {}
     model_id = str(model.get("id") or "")
     seed = frame.get("seed") if frame.get("seed") is not None else record.get("seed")
+    hires = params.get("hires") if isinstance(params.get("hires"), dict) else {}
     variation_seed = frame.get("variation_seed")
     fields = [
         ("Steps", params.get("steps")),
         ("Sampler", sampler),
         ("Schedule type", schedule_type),
-        ("CFG scale", _num(schedule.get("guidance", params.get("guidance")))),
+        *_guidance_fields(params, schedule),  # CFG scale (Flux.1: its true_cfg, then Distilled CFG Scale)
         ("Seed", seed),
         ("Size", f"{params.get('width')}x{params.get('height')}"),
         ("Model hash", str(model.get("revision") or "")[:10]),
@@ -172,14 +177,57 @@ def a1111_parameters(record: dict[str, Any]) -> str:
         ("Variation seed", variation_seed),
         ("Variation seed strength", _strength(frame.get("variation_strength")) if variation_seed is not None
          else None),
-        ("Denoising strength", _num(schedule.get("strength", params.get("strength")))),
+        ("Denoising strength", _num(schedule.get("strength", params.get("strength", hires.get("strength"))))),
+        *_hires_fields(hires),  # A1111's hires fix (sdbatch.stages.hires); Size is the first pass's
+        *refiner_fields(params),  # A1111's "Refiner: <name> [<hash>], Refiner switch at: 0.8"
+        *(postprocess_fields(params) if record.get("type") == "upscale" else ()),  # A1111's extras (upscale stage)
         ("Clip skip", params.get("clip_skip")),  # A1111 writes it only when > 1 (the params omit 1)
         ("TI hashes", _ti_hashes(params.get("embeddings"), lines[0], record.get("negative_prompt") or "")),
         *controlnet_units(params),  # A1111 sd-webui-controlnet's "ControlNet 0: ..." (sdbatch.config.control)
         *ip_adapter_units(params, len(params.get("controlnet") or ())),  # ControlNet <n>: after the ControlNets
     ]
+    if record.get("type") == "upscale" and (params.get("upscaler") or {}).get("name") != "sd-x4":  # no diffusion
+        fields = [(k, v) for k, v in fields if k == "Size" or k.startswith("Postprocess")]
     lines.append(", ".join(f"{k}: {a1111_quote(v)}" for k, v in fields if v is not None and v != ""))
     return "\n".join(lines)
+
+
+def _guidance_fields(params: dict[str, Any], schedule: dict[str, Any]) -> list[tuple[str, Any]]:
+    """``CFG scale``; a Flux.1 job (its params hold ``true_cfg``) as Forge writes it: ``CFG scale`` is the real
+    CFG (1 = off), ``Distilled CFG Scale`` diffusers' ``guidance_scale``."""
+    guidance = _num(schedule.get("guidance", params.get("guidance")))
+    if params.get("true_cfg") is None:
+        return [("CFG scale", guidance)]
+    return [("CFG scale", _num(params["true_cfg"])), ("Distilled CFG Scale", guidance)]
+
+
+def _hires_fields(hires: dict[str, Any]) -> list[tuple[str, Any]]:
+    """A1111's ``Hires upscale: 2`` (or ``Hires resize: 1024x0``), ``Hires steps``, ``Hires upscaler`` (its names
+    as sdbatch.config.upscaler.display_name gives them; not imported: that module writes through this one)."""
+    if not hires:
+        return []
+    up = hires.get("upscaler") if isinstance(hires.get("upscaler"), dict) else {}
+    name = {"lanczos": "Lanczos", "latent": "Latent", "sd-x4": "SD x4"}.get(str(up.get("name")), str(up.get("name")))
+    resize = f"{hires.get('width') or 0}x{hires.get('height') or 0}" if hires.get("width") or hires.get("height") else None
+    return [("Hires upscale", None if resize else _num(hires.get("scale"))), ("Hires resize", resize),
+            ("Hires steps", hires.get("steps")),
+            ("Hires upscaler", Path(str(up.get("file", ""))).stem if up.get("name") == "model" else name)]
+
+
+def upscaler_name(upscaler: dict[str, Any]) -> str:
+    """A1111's name of an upscaler identity (sdbatch.config.upscaler): Lanczos, Latent, SD x4, a file's stem."""
+    if upscaler.get("name") == "model":
+        return Path(str(upscaler.get("file", "model"))).stem
+    return {"lanczos": "Lanczos", "latent": "Latent", "sd-x4": "SD x4"}.get(str(upscaler.get("name")), "?")
+
+
+def postprocess_fields(params: dict[str, Any]) -> list[tuple[str, Any]]:
+    """An upscale's A1111 extras fields: ``Postprocess upscale by: 4`` (or ``... to: WxH``), ``... upscaler``."""
+    upscaler = params.get("upscaler") if isinstance(params.get("upscaler"), dict) else None
+    scale = params.get("scale")
+    return [("Postprocess upscale by", _num(scale) if scale is not None else None),
+            ("Postprocess upscale to", f"{params.get('width')}x{params.get('height')}" if scale is None else None),
+            ("Postprocess upscaler", upscaler_name(upscaler) if upscaler else None)]
 
 
 def _ti_hashes(embeddings: Any, *texts: str) -> str | None:
@@ -199,7 +247,7 @@ _SCHEDULED_SAMPLERS = {"Euler a", "Euler", "LMS", "Heun", "DPM2", "DPM2 a", "DPM
 # schedule suffixes of A1111's sampler names before 1.9 ("DPM++ 2M Karras"), by the label 1.9+ writes
 # (modules/sd_schedulers.py)
 _SCHEDULE_SUFFIXES = {"Karras": "Karras", "Exponential": "Exponential", "Polyexponential": "Polyexponential",
-                      "SGM Uniform": "SGM Uniform"}
+                      "SGM Uniform": "SGM Uniform", "Simple": "Simple"}
 
 
 def a1111_sampler(name: Any) -> tuple[Any, str | None]:
@@ -250,7 +298,11 @@ def png_bytes(image: Any, record: dict[str, Any]) -> bytes:
     from PIL.PngImagePlugin import PngInfo
 
     info = PngInfo()
-    info.add_text("parameters", a1111_parameters(record))
+    source = getattr(image, "info", {}).get("parameters") if record.get("type") == "upscale" else None
+    info.add_text("parameters", source or a1111_parameters(record))  # an upscale keeps its input's, as A1111's extras
+    if source:  # A1111's extras tab keeps the input's text and writes its own fields into this chunk
+        fields = postprocess_fields(record.get("params") if isinstance(record.get("params"), dict) else {})
+        info.add_text("postprocessing", ", ".join(f"{k}: {a1111_quote(v)}" for k, v in fields if v is not None))
     embedded = {k: v for k, v in record.items() if k not in FILE_FIELDS}  # facts of the file it is written into
     info.add_text("sdbatch", json.dumps(embedded, ensure_ascii=False, sort_keys=True))
     buffer = io.BytesIO()

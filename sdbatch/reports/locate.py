@@ -139,6 +139,15 @@ def aux_models(params: dict[str, Any], found: Found, bases: list[Path]) -> dict[
         from .control_locate import recorded_controlnets
 
         aux.update(recorded_controlnets(params, bases, recorded_model))
+    if isinstance(params.get("refiner"), dict):  # generate's SDXL refiner, by identity (sdbatch.stages.refiner)
+        aux["refiner"] = recorded_model(*parse_identity(str(params["refiner"].get("identity", ""))), bases,
+                                        what="refiner")
+    hires = params.get("hires") if isinstance(params.get("hires"), dict) else {}
+    up = params.get("upscaler") if isinstance(params.get("upscaler"), dict) else hires.get("upscaler")
+    if isinstance(up, dict) and up.get("name") == "model":  # an upscaler file by content (sdbatch.config.upscaler)
+        aux["upscaler"] = ModelRef(str(up["file"]), str(up["sha256"]), "file", str(_upscaler_file(up, found, bases)))
+    elif isinstance(up, dict) and up.get("name") == "sd-x4":
+        aux["upscaler"] = recorded_model(*parse_identity(str(up.get("model", ""))), bases, what="upscaler")
     if isinstance(params.get("vae"), str):
         aux["vae"] = recorded_model(*parse_identity(params["vae"]), bases, what="VAE")
     config = params.get("pipeline_config")
@@ -155,3 +164,24 @@ def aux_models(params: dict[str, Any], found: Found, bases: list[Path]) -> dict[
             aux["pipeline_config"] = ModelRef(config, "local", "folder", str(local)) if local is not None \
                 else ModelRef(config, "configs", "hub-config", None)
     return aux
+
+
+def _upscaler_file(up: dict[str, Any], found: Found, bases: list[Path]) -> Path:
+    """An upscaler file the params name by file name and sha256: beside the recipe, else in a folder up to two
+    levels below it (``models/4x.safetensors``), else where this machine hashed it."""
+    from ..io.hashing import sha256_file
+
+    name, digest = up.get("file"), up.get("sha256")
+    try:
+        return locate_input(name, digest, "upscaler", found, set(), bases)
+    except ProvenanceError:
+        if not isinstance(name, str) or "/" in name or "\\" in name or relpath_problem(name):
+            raise
+        near = [p for base in bases[:2] for pattern in (f"*/{name}", f"*/*/{name}") for p in sorted(base.glob(pattern))]
+        for path in near:
+            if path.is_file() and sha256_file(path) == digest:
+                return path
+        if near:
+            raise ProvenanceError(f"upscaler {name} has changed since this output was made (sha256 differs from "
+                                  f"{short(digest)}): {near[0]}") from None
+        raise

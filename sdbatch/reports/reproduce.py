@@ -54,7 +54,7 @@ from .provenance import (
 from .reproduce_frames import VIDEO_TYPES, FrameContext, check_frame_record, frame_aux, job_output, render_frame
 from .untrusted import UntrustedMetadata, field_name, inside, path_problems
 
-REPRODUCIBLE_TYPES = ("generate", "img2img", "inpaint")
+REPRODUCIBLE_TYPES = ("generate", "img2img", "inpaint", "upscale")
 
 
 def _check_reproducible(found: Found) -> None:

@@ -18,7 +18,8 @@ What frame N is made from, per stage:
 - ``interpolate``: no other frame: the slerp of the initial noises of its segment's seeds at its ``t``.
 
 A frame the stage reads that is missing, or is not a frame of this job, stops reproduction (exit 2, naming
-it); a frame it is rendered from whose file differs from its manifest line is noted when the pixels differ.
+it), as does a ControlNet's control video or image whose sha256 is no longer the recorded one; a frame it is
+rendered from whose file differs from its manifest line is noted when the pixels differ.
 """
 
 from __future__ import annotations
@@ -33,16 +34,17 @@ from ..io.manifest import MANIFEST_NAME, read_outputs
 from ..stages.base import StageContext
 from ..stages.frames import frame_path
 from .locate import recorded_model
-from .provenance import Found, ProvenanceError
+from .provenance import Found, ProvenanceError, short
 
 VIDEO_TYPES = ("restyle", "animate", "interpolate")
+INDEPENDENT_FRAMES = ("interpolate", "upscale")  # each frame is made from no other (upscale: from its source frame)
 _DONE = object()  # interpolate: an earlier frame is "saved" (frames are independent; nothing is read)
 
 
 def check_frame_record(found: Found) -> None:
     """A video frame's record names a frame of its job: ``.../frames/<index:06d>.png``, as a PNG."""
     r, name = found.record, found.file.name
-    if r.type not in VIDEO_TYPES:
+    if r.type not in VIDEO_TYPES + INDEPENDENT_FRAMES:
         raise ProvenanceError(f"{name}: a frame of an unknown video stage type {r.type!r}")
     if r.frame is None:
         raise ProvenanceError(f"{name}: the record lacks 'frame'")
@@ -72,7 +74,7 @@ def frame_aux(record: OutputRecord, bases: list[Path]) -> dict[str, Any]:
 def needed_frames(job: Any, index: int) -> set[int]:
     """The frames before ``index`` that its pixels are computed from (the rest are only read)."""
     p = job.params
-    if index == 0 or job.type == "interpolate":
+    if index == 0 or job.type in INDEPENDENT_FRAMES:
         return set()
     if job.type == "animate":
         key = index // p.cadence * p.cadence
@@ -97,7 +99,18 @@ class FrameContext(StageContext):
         self._hashes: dict[str, str | None] | None = None
 
     def input_path(self, ref: Any) -> Path:
-        return self.located.get(ref.path) or super().input_path(ref)
+        """A located input, else a file the stage reads by its recorded sha256 (a control video or image of a
+        ControlNet unit, in its params): one that changed since the frame was made stops reproduction."""
+        from ..io.hashing import sha256_file
+
+        located = self.located.get(ref.path)
+        if located is not None:
+            return located
+        path = super().input_path(ref)
+        if ref.sha256 and not ref.job_id and path.is_file() and sha256_file(path) != ref.sha256:
+            raise ProvenanceError(f"{ref.path} has changed since this output was made (sha256 differs from "
+                                  f"{short(ref.sha256)}): {path}")
+        return path
 
     def saved_frame(self, job: Any, relpath: str) -> Any:
         if relpath in self.rendered:
@@ -105,7 +118,7 @@ class FrameContext(StageContext):
         index = self._before(relpath)
         if job.job_id != self.job.job_id or index is None:
             return None  # frame N itself (to render), or one after it (never reached)
-        if job.type == "interpolate":
+        if job.type in INDEPENDENT_FRAMES:
             return _DONE
         return self._original(relpath, index)
 

@@ -164,17 +164,109 @@ def depth_image(ctx: Any, job: Job, unit: int, image: Any) -> Any:
     return Image.fromarray(np.repeat(grey[:, :, None], 3, axis=2))
 
 
-def aux_image(name: str, image: Any) -> Any:
-    """A controlnet_aux preprocessor's image (the optional extra; validate refuses it when not installed)."""
-    import controlnet_aux
+def aux_image(ctx: Any, job: Job, unit: int, ref: Any, image: Any) -> Any:
+    """A controlnet_aux preprocessor's image (the optional extra; validate refuses it when not installed), made at
+    :func:`~sdbatch.config.control.aux_resolution` of the image's shorter side and resized to the image's size."""
+    from ..config.control import aux_resolution
 
-    from ..config.control import AUX_PREPROCESSORS
-
-    cls = getattr(controlnet_aux, AUX_PREPROCESSORS[name])
-    detector = cls() if name == "shuffle" else cls.from_pretrained("lllyasviel/Annotators")
-    kwargs = {"scribble": True} if name == "scribble" else {}
-    out = detector(image, detect_resolution=min(image.size), image_resolution=min(image.size), **kwargs)
+    detector = aux_detector(ctx, job, unit, ref)
+    kwargs = {"scribble": True} if ref.preprocess == "scribble" else {}
+    res = aux_resolution(min(image.size))
+    out = detector(image, detect_resolution=res, image_resolution=res, **kwargs)
     return out.convert("RGB").resize(image.size)
+
+
+def aux_detector(ctx: Any, job: Job, unit: int, ref: Any) -> Any:
+    """The unit's controlnet_aux detector, loaded once per process with its own ``from_pretrained`` from a folder:
+    the ``annotators`` folder (aux model ``controlnet-aux:<unit>``), or the hub commit's snapshot folder (only the
+    files it loads are fetched); random weights of the same architecture for ``--rehearse``'s stand-in."""
+    from ..config.control import AUX_PREPROCESSORS, AUX_WEIGHTS
+    from ..stages.control import REHEARSAL_ANNOTATORS
+
+    name, identity = ref.preprocess, ref.annotators or ""
+
+    def load() -> Any:
+        import controlnet_aux
+
+        cls = getattr(controlnet_aux, AUX_PREPROCESSORS[name])
+        if not AUX_WEIGHTS[name]:
+            return cls()
+        if identity == REHEARSAL_ANNOTATORS:
+            return random_detector(name)
+        folder = annotators_folder(job, unit, identity, AUX_WEIGHTS[name])
+        try:
+            return cls.from_pretrained(str(folder))
+        except (OSError, ValueError, RuntimeError, KeyError) as exc:
+            raise ModelUnavailable(f"controlnet_aux's {name} weights in {folder} could not be loaded: "
+                                   f"{one_line(str(exc), 400) or type(exc).__name__}") from None
+
+    return ctx.models.get_or_load(("annotator", name, identity, str(job.aux_models.get(f"controlnet-aux:{unit}"))),
+                                  load)
+
+
+def annotators_folder(job: Job, unit: int, identity: str, names: tuple[str, ...]) -> Path:
+    """The folder holding ``names`` (checked under the pickle policy): local, or a hub snapshot fetched file by
+    file (``hf_hub_download`` at the recorded commit, into sdbatch's hub cache)."""
+    from ..sources.specs import parse_identity
+    from ..sources.weights import ensure_loadable
+
+    local = job.aux_models.get(f"controlnet-aux:{unit}")
+    allow_pickle = bool(job.options.allow_pickle)
+    if local is not None and local.path:
+        folder = Path(local.path)
+    else:
+        repo, revision, source = parse_identity(identity)
+        if source != "hub":
+            raise ModelUnavailable(f"ControlNet {unit} of job {job.job_id[:8]} has no annotators folder in the plan")
+        for name in names:  # before any download
+            ensure_loadable(Path(name), allow_pickle, f"{repo}'s {name}")
+        folder = _hub_files(repo, revision.removeprefix("unresolved:"), names)
+    for name in names:
+        ensure_loadable(folder / name, allow_pickle, f"annotators {folder}")
+    return folder
+
+
+def _hub_files(repo: str, revision: str, names: tuple[str, ...]) -> Path:
+    import huggingface_hub
+
+    from ..sources.hub import hub_cache_dir
+    from ..sources.hub_errors import classify
+
+    why = {"offline": "offline and not in the hub cache", "network": "no network", "gated": "a gated repository",
+           "not_found": "no such repository", "revision": "no such revision", "not_pipeline": "no such file"}
+    paths = []
+    for name in names:
+        try:
+            paths.append(Path(huggingface_hub.hf_hub_download(repo, name, revision=revision,
+                                                              cache_dir=hub_cache_dir())))
+        except Exception as exc:  # noqa: BLE001 - offline, no such file, gated: one line naming the file
+            case, shown = classify(exc)
+            raise ModelUnavailable(f"controlnet_aux weights {repo}/{name} (revision {revision[:12]}): "
+                                   f"{why.get(case) or one_line(str(shown), 200) or type(shown).__name__}; give "
+                                   "'annotators:' a local folder holding them") from None
+    return paths[0].parent
+
+
+def random_detector(name: str) -> Any:
+    """--rehearse's stand-in: the detector with random weights of its real architecture (seeded: the same every
+    time), so a recipe naming controlnet_aux's weights rehearses offline."""
+    import torch
+    from controlnet_aux import HEDdetector, LineartDetector, PidiNetDetector
+    from controlnet_aux.hed import ControlNetHED_Apache2
+    from controlnet_aux.lineart import Generator
+    from controlnet_aux.pidi.model import pidinet
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        if name == "lineart":
+            return LineartDetector(Generator(3, 1, 3).eval(), Generator(3, 1, 3).eval())
+        if name == "pidi":
+            net = pidinet().eval()
+            with torch.no_grad():  # its default init maps every image to flat grey: twice the weights show edges
+                for weight in (p for p in net.parameters() if p.dim() > 1):
+                    weight.mul_(2.0)
+            return PidiNetDetector(net)
+        return HEDdetector(ControlNetHED_Apache2().float().eval())
 
 
 def preprocess(ctx: Any, job: Job, unit: int, ref: Any, image: Any) -> Any:
@@ -183,7 +275,7 @@ def preprocess(ctx: Any, job: Job, unit: int, ref: Any, image: Any) -> Any:
     if ref.preprocess == "depth":
         return depth_image(ctx, job, unit, image)
     if ref.preprocess != "none":
-        return aux_image(ref.preprocess, image)
+        return aux_image(ctx, job, unit, ref, image)
     return image.convert("RGB")
 
 

@@ -19,8 +19,7 @@ from typing import Any
 
 from ..core.job import Job
 from ..errors import ModelUnavailable, one_line
-from ..io.hashing import sha256_file
-from ..sources.weights import ensure_loadable
+from ..sources.weights import load_weights
 
 
 def embedding_set(job: Job) -> tuple:
@@ -72,16 +71,7 @@ def unload_all(state: dict[str, Any], pipe: Any) -> None:
 
 def read_embedding(path: Path, sha256: str, allow_pickle: bool) -> dict[str, Any]:
     """An embedding file's tensors (the pickle policy first), checked against the plan's sha256."""
-    if sha256_file(path) != sha256:
-        raise RuntimeError(f"embedding {path} changed since the plan was made (sha256 differs); re-run")
-    ensure_loadable(path, allow_pickle, "embedding")
-    if path.suffix.lower() == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    import torch
-
-    data = torch.load(str(path), map_location="cpu", weights_only=True)
+    data = load_weights(path, sha256, allow_pickle, "embedding")
     return data if isinstance(data, dict) else {"emb_params": data}
 
 

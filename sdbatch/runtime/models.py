@@ -2,8 +2,8 @@
 
 A :class:`ModelBank` loads each base model once (hub id, local diffusers folder, single ``.safetensors``
 file, or a built-in tiny model), derives the img2img and inpaint pipelines from it with ``from_pipe``
-(no second copy of the weights), and swaps schedulers with ``from_config``. SD and SDXL families work
-for every still-image stage (AutoPipeline picks the class).
+(no second copy of the weights), and swaps schedulers with ``from_config``. SD 1.x/2.x, SDXL, SD3/SD3.5 and
+Flux.1 work for generate, img2img and inpaint (:data:`TASK_CLASSES`; other classes through AutoPipeline).
 
 Model sources from the recipe:
 
@@ -41,7 +41,7 @@ from ..core.job import Job, ModelRef
 from ..errors import ModelUnavailable, one_line
 from ..sources.hub import pipeline_index
 from ..sources.specs import config_source, model_folder
-from ..sources.weights import ensure_loadable, safetensors_only
+from ..sources.weights import ensure_loadable, load_weights, safetensors_only
 from .embeddings import apply_embeddings, embedding_set
 from .ip_adapter import apply_ip_adapter
 
@@ -194,18 +194,7 @@ class ModelBank:
     def _read_lora(path: Path, sha256: str, allow_pickle: bool) -> dict[str, Any]:
         """A LoRA file's state dict (safetensors; pickle formats only with ``allow_pickle``), checked against
         the sha256 the plan recorded."""
-        from ..io.hashing import sha256_file
-
-        if sha256_file(path) != sha256:
-            raise RuntimeError(f"LoRA {path} changed since the plan was made (sha256 differs); re-run")
-        ensure_loadable(path, allow_pickle, "LoRA")
-        if path.suffix.lower() == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path))
-        import torch
-
-        data = torch.load(str(path), map_location="cpu", weights_only=True)
+        data = load_weights(path, sha256, allow_pickle, "LoRA")
         return data.get("state_dict", data) if isinstance(data, dict) else data
 
     # -------------------------------------------------------------------------------- prompt encoding
@@ -341,6 +330,10 @@ def single_file_pipeline_class(path: Path, config: str | None) -> Any:
         keys = list(load_single_file_checkpoint(str(path)).keys())
     if any(k.startswith("conditioner.embedders.") for k in keys):
         return diffusers.StableDiffusionXLPipeline
+    if any(".double_blocks." in f".{k}" for k in keys):  # Flux.1 (BFL layout); SD3's MMDiT has joint_blocks
+        return diffusers.FluxPipeline
+    if any(".joint_blocks." in f".{k}" for k in keys):
+        return diffusers.StableDiffusion3Pipeline
     return diffusers.StableDiffusionPipeline
 
 
@@ -351,6 +344,9 @@ TASK_CLASSES = {
     "StableDiffusionPipeline": {"img2img": "StableDiffusionImg2ImgPipeline", "inpaint": "StableDiffusionInpaintPipeline"},
     "StableDiffusionXLPipeline": {"img2img": "StableDiffusionXLImg2ImgPipeline",
                                   "inpaint": "StableDiffusionXLInpaintPipeline"},
+    "StableDiffusion3Pipeline": {"img2img": "StableDiffusion3Img2ImgPipeline",
+                                 "inpaint": "StableDiffusion3InpaintPipeline"},
+    "FluxPipeline": {"img2img": "FluxImg2ImgPipeline", "inpaint": "FluxInpaintPipeline"},
 }
 
 

@@ -10,7 +10,6 @@ and fetching are :mod:`.hub`. Never imports torch or diffusers (a hub fetch asid
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -19,7 +18,9 @@ from typing import Any
 from ..core.job import ModelRef
 from ..errors import ModelUnavailable
 from ..io.hashing import HashCache
+from .families import REHEARSAL_MODELS, family_of
 from .hub import cached_hub_snapshot, fetch_hub_model, hub_ref
+from .paths import local_model_path
 from .tiny import BUILTIN_MODELS, BUILTIN_PREFIX, builtin_model_path
 from .weights import PICKLE_ADVICE, PICKLE_SUFFIXES, WEIGHT_SUFFIXES, folder_problem, weights_problem
 
@@ -34,18 +35,6 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*(@[A
 
 
 # -------------------------------------------------------------------------------- recipe checks
-def local_model_path(spec: str, base_dir: Path) -> Path | None:
-    """The local file or folder a model spec names, or None for a hub id / builtin."""
-    if spec.startswith(BUILTIN_PREFIX):
-        return None
-    candidate = Path(spec).expanduser()
-    if not candidate.is_absolute():
-        candidate = base_dir / candidate
-    if candidate.exists():
-        return candidate
-    return None
-
-
 def _builtin_problem(spec: str) -> str | None:
     if spec in BUILTIN_MODELS:
         return None
@@ -126,17 +115,12 @@ def check_pipeline_config(spec: str, base_dir: Path) -> str | None:
 
 # ---------------------------------------------------------------------------------- planning
 def rehearsal_model(spec: str, base_dir: Path) -> str:
-    """The built-in tiny model standing in for ``spec`` under --rehearse."""
+    """The built-in tiny model standing in for ``spec`` under --rehearse: its family's
+    (:func:`sdbatch.sources.families.family_of`: a folder's model_index.json, a cached hub snapshot's, else the
+    spec's words), SD 1.x/2.x's when it cannot be told."""
     if spec.startswith(BUILTIN_PREFIX):
         return spec
-    text = spec.lower()
-    local = local_model_path(spec, base_dir)
-    if local is not None and local.is_dir() and (local / "model_index.json").exists():
-        try:
-            text += json.loads((local / "model_index.json").read_text()).get("_class_name", "").lower()
-        except (OSError, ValueError):
-            pass
-    return "sdbatch/tiny-sdxl" if "xl" in text else "sdbatch/tiny-sd"
+    return REHEARSAL_MODELS.get(family_of(spec, base_dir, cached_hub_snapshot) or "sd", "sdbatch/tiny-sd")
 
 
 def locate_model(spec: str, base_dir: Path) -> ModelRef:

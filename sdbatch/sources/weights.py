@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from ..errors import ModelUnavailable
 
@@ -78,6 +79,24 @@ def ensure_loadable(path: Path, allow_pickle: bool, what: str = "") -> None:
     problem = folder_problem(path, allow_pickle) if path.is_dir() else weights_problem(path, allow_pickle)
     if problem:
         raise ModelUnavailable(f"{what}: {problem}" if what else problem)
+
+
+def load_weights(path: Path, sha256: str, allow_pickle: bool, what: str) -> Any:
+    """A weights file's contents at load time (LoRAs, embeddings): checked against the sha256 the plan recorded
+    (RuntimeError: re-run), then the pickle policy (:func:`ensure_loadable`); a ``.safetensors`` file's tensors,
+    else what ``torch.load(weights_only=True)`` returns. ``what`` leads the messages (``LoRA``)."""
+    from ..io.hashing import sha256_file
+
+    if sha256_file(path) != sha256:
+        raise RuntimeError(f"{what} {path} changed since the plan was made (sha256 differs); re-run")
+    ensure_loadable(path, allow_pickle, what)
+    if path.suffix.lower() == SAFETENSORS:
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    import torch
+
+    return torch.load(str(path), map_location="cpu", weights_only=True)
 
 
 def safetensors_only(allow_pickle: bool) -> bool | None:

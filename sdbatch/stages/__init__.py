@@ -27,6 +27,7 @@ STAGE_MODULES: dict[str, str] = {
     "restyle": "sdbatch.stages.restyle",
     "animate": "sdbatch.stages.animate",
     "interpolate": "sdbatch.stages.interpolate",
+    "upscale": "sdbatch.stages.upscale",
 }
 
 

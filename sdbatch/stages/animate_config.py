@@ -39,6 +39,7 @@ class AnimateStage(StageConfig):
 
     SWEEPS = ("prompt", "negative_prompt", "steps", "scheduler")
     VIDEO = True
+    FAMILIES = ("sd", "sdxl")  # SD3/Flux refused at validate (sdbatch.config.families)
     READS = "image"
     INPUT_FIELD = "init"
     PLANNED = StageConfig.PLANNED | {"init"}

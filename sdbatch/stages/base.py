@@ -54,6 +54,14 @@ class StageContext:
         path = Path(ref.path)
         return path if path.is_absolute() else self.base_dir / path
 
+    def checked_input(self, ref: InputRef) -> tuple[Path, str]:
+        """An input's path and sha256, checked against the sha256 the plan recorded."""
+        path = self.input_path(ref)
+        digest = sha256_file(path)
+        if ref.sha256 and digest != ref.sha256:
+            raise RuntimeError(f"input {ref.path} changed since the plan was made (sha256 differs); re-run")
+        return path, digest
+
     def load_image(self, ref: InputRef, size: tuple[int, int] | None = None, mode: str = "RGB") -> LoadedInput:
         """Read an input image (checked against its planned sha256), converted and resized to ``size``.
 
@@ -62,10 +70,7 @@ class StageContext:
         from ..config.images import pil_image, to_mode
 
         Image = pil_image()  # noqa: N806 - the module, with sdbatch's pixel limit
-        path = self.input_path(ref)
-        digest = sha256_file(path)
-        if ref.sha256 and digest != ref.sha256:
-            raise RuntimeError(f"input {ref.path} changed since the plan was made (sha256 differs); re-run")
+        path, digest = self.checked_input(ref)
         with Image.open(path) as im:
             im.load()
             image = to_mode(im, mode)

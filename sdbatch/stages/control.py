@@ -19,8 +19,10 @@ one job per upstream output (see :func:`driving_image`: the stage then reads it 
 Checks at validate, each at its field: model spec (hub id, folder with config.json, .safetensors under the pickle
 policy, built-in), a ControlNet made for another base family (``cross_attention_dim`` / ``addition_embed_type``
 read from the configs or a safetensors header, without loading anything), a missing or unreadable image,
-start >= end, a preprocessor whose package is not installed. ``--rehearse`` swaps the ControlNet for
-``sdbatch/tiny-controlnet`` (``-sdxl`` on an SDXL base) and a depth model for ``sdbatch/tiny-depth``.
+start >= end, a preprocessor whose package is not installed, its weights (``annotators``: a folder without the files
+controlnet_aux loads, pickles without ``allow_pickle``). ``--rehearse`` swaps the ControlNet for
+``sdbatch/tiny-controlnet`` (``-sdxl`` on an SDXL base), a depth model for ``sdbatch/tiny-depth`` and a hub id of
+controlnet_aux weights for random ones (lineart, softedge/hed/scribble, pidi; other preprocessors need a folder).
 """
 
 from __future__ import annotations
@@ -30,10 +32,11 @@ import struct
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
 
+from ..config.control import AUX_WEIGHTS
 from ..config.images import check_image
 from ..config.types import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 from ..core.job import ModelRef
-from ..sources.specs import HUB_ID, check_depth_spec, local_model_path, rehearsal_model
+from ..sources.specs import HUB_ID, PICKLE_ADVICE, check_depth_spec, local_model_path, rehearsal_model
 from ..sources.tiny import BUILTIN_MODELS, BUILTIN_PREFIX
 from ..sources.weights import WEIGHT_SUFFIXES, folder_problem, weights_problem
 
@@ -44,6 +47,9 @@ if TYPE_CHECKING:
 TINY_CONTROLNET = "sdbatch/tiny-controlnet"
 TINY_CONTROLNET_SDXL = "sdbatch/tiny-controlnet-sdxl"
 GLOB_CHARS = "*?["
+#: a controlnet_aux preprocessor's weights under --rehearse: random, of the real architecture, made in-process
+REHEARSAL_ANNOTATORS = "rehearsal:random-annotators@1"
+REHEARSAL_AUX = ("lineart", "softedge", "hed", "scribble", "pidi")
 
 
 def _is_pattern(image: str) -> bool:
@@ -164,7 +170,8 @@ def plan_control(stage: StageConfig, planner: StagePlanner, fixed: dict[str, Any
     refs: list[dict[str, Any]] = []
     for i, unit in enumerate(units):
         where = ("controlnet", i)
-        for name, message in unit.problems():
+        own = unit.problems()
+        for name, message in own:
             _problem(planner, where + (name,), message)
         problem = check_control_spec(unit.model, inputs.base, allow_pickle)
         if problem:
@@ -187,10 +194,52 @@ def plan_control(stage: StageConfig, planner: StagePlanner, fixed: dict[str, Any
             else:
                 ref["depth_model"] = planner.aux_model(f"controlnet-depth:{i}", unit.depth_model,
                                                        "sdbatch/tiny-depth").identity()
+        if AUX_WEIGHTS.get(unit.preprocess) and not any(name == "preprocess" for name, _ in own):  # installed
+            problem = _plan_annotators(planner, i, unit, ref, allow_pickle)
+            if problem:
+                _problem(planner, where + ("annotators",), problem)
         if not _plan_image(stage, planner, unit.image, ref, where, reads_input, video_ok, driving, stage_names):
             continue
         refs.append(ref)
     fixed["controlnet"] = refs if len(refs) == len(units) else None
+
+
+def _plan_annotators(planner: StagePlanner, i: int, unit: Any, ref: dict[str, Any], allow_pickle: bool) -> str | None:
+    """A controlnet_aux preprocessor's weights (``annotators``: a folder holding the files it loads, or a hub id) as
+    ``ref["annotators"]`` (identity: the folder's sha256; a hub id's revision as written, ``main`` unless
+    ``org/name@<commit>`` pins one); a problem, or None.
+
+    A folder is a job's aux model ``controlnet-aux:<i>``; a hub repository is not (its files are fetched one by one
+    at render time, never the whole repository, so a plan cannot know its commit beforehand). Under ``--rehearse``
+    a hub id stands for random weights of the same architecture (:data:`REHEARSAL_ANNOTATORS`: no download); a
+    folder is used as is."""
+    names = AUX_WEIGHTS[unit.preprocess]
+    spec, base = unit.annotators, planner.plan.inputs.base
+    path = local_model_path(spec, base)
+    if path is None:
+        if spec.startswith((".", "/", "~")) or not HUB_ID.match(spec):
+            return f"{spec!r}: no such folder (relative to {base}) and not a hub id like 'org/name'"
+        if planner.rehearse:
+            if unit.preprocess not in REHEARSAL_AUX:
+                return (f"--rehearse has no stand-in for {unit.preprocess!r}'s weights ({', '.join(names)}): give a "
+                        "local folder holding them")
+            ref["annotators"] = REHEARSAL_ANNOTATORS
+            return None
+        if not allow_pickle:
+            return f"{spec}'s {unit.preprocess} weights ({', '.join(names)}) are pickle files: {PICKLE_ADVICE}"
+        repo, _, revision = spec.partition("@")  # the revision as written: ids stay put when the files arrive
+        ref["annotators"] = ModelRef(repo, revision or "main", "hub").identity()
+        return None
+    if not path.is_dir():
+        return f"{spec!r}: not a folder (it holds controlnet_aux's weights files: {', '.join(names)})"
+    missing = [name for name in names if not (path / name).is_file()]
+    if missing:
+        return f"{spec!r}: no {', '.join(missing)} in it (controlnet_aux's {unit.preprocess} loads {', '.join(names)})"
+    problem = next((p for p in (weights_problem(path / name, allow_pickle) for name in names) if p), None)
+    if problem:
+        return f"{spec!r}: {problem}"
+    ref["annotators"] = planner.aux_model(f"controlnet-aux:{i}", spec).identity()
+    return None
 
 
 def _plan_image(stage: Any, planner: StagePlanner, image: str | None, ref: dict[str, Any], where: tuple,

@@ -27,6 +27,13 @@ def negative_prompts(negatives: list[str]) -> list[str] | None:
     return list(negatives) if any(negatives) else None
 
 
+def family_kwargs(params: Any) -> dict[str, Any]:
+    """SD3 / Flux.1 arguments a job sets: ``max_sequence_length`` (T5 tokens), Flux.1's ``true_cfg_scale``."""
+    found = {"max_sequence_length": getattr(params, "max_sequence_length", None),
+             "true_cfg_scale": getattr(params, "true_cfg", None)}
+    return {k: v for k, v in found.items() if v is not None}
+
+
 # ------------------------------------------------------------------------------------ prompt encoding
 def uses_cfg(pipe: Any, guidance: float) -> bool:
     """Whether the pipeline will run classifier-free guidance (its own ``do_classifier_free_guidance`` rule)."""
@@ -54,8 +61,8 @@ def prompt_kwargs(pipe: Any, jobs: list[Job], ctx: StageContext, guidance: float
     texts = list(prompts) if prompts is not None else [job.prompt for job in jobs]
     negatives = [job.negative_prompt for job in jobs]
     name = type(pipe).__name__
-    if name not in SD_PIPELINES and name not in SDXL_PIPELINES:
-        return {"prompt": texts, "negative_prompt": negative_prompts(negatives)}
+    if name not in SD_PIPELINES and name not in SDXL_PIPELINES:  # SD3, Flux.1 (their T5 knobs when set)
+        return {"prompt": texts, "negative_prompt": negative_prompts(negatives), **family_kwargs(jobs[0].params)}
     import torch
 
     from .encoding import encode_text, max_clip_skip, pad_to
@@ -105,10 +112,13 @@ def preview_path(job: Job, step: int) -> str:
     return (out.parent / "previews" / f"{out.stem}-step{step:04d}.png").as_posix()
 
 
-def decode_latents(pipe: Any, latents: Any) -> list[Any]:
-    """PIL images of ``latents``, decoded as the pipeline decodes its final latents."""
+def decode_latents(pipe: Any, latents: Any, size: tuple[int, int] | None = None) -> list[Any]:
+    """PIL images of ``latents``, decoded as the pipeline decodes its final latents (Flux.1's packed latents
+    unpacked to ``size``, SD3 / Flux.1's VAE shift added back)."""
     import torch
 
+    if latents.ndim == 3 and size and hasattr(pipe, "_unpack_latents"):  # Flux.1: (batch, 2x2 patches, channels)
+        latents = pipe._unpack_latents(latents, size[1], size[0], pipe.vae_scale_factor)
     vae = pipe.vae
     upcast = vae.dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False)) \
         and type(pipe).__name__ in SDXL_PIPELINES
@@ -125,6 +135,8 @@ def decode_latents(pipe: Any, latents: Any) -> list[Any]:
             latents = latents * std / config.scaling_factor + mean
         else:
             latents = latents / config.scaling_factor
+            if getattr(config, "shift_factor", None) is not None:  # SD3, Flux.1
+                latents = latents + config.shift_factor
         with torch.no_grad():
             image = vae.decode(latents, return_dict=False)[0]
     finally:
@@ -156,7 +168,8 @@ class Previews:
         if i == total - 1 or ((i + 1) > warmup and (i + 1) % order == 0):  # diffusers' progress-bar rule
             self.done += 1
             if self.done % self.every == 0:
-                self.images.append((self.done, decode_latents(pipe, callback_kwargs["latents"])))
+                size = (self.jobs[0].params.width, self.jobs[0].params.height)
+                self.images.append((self.done, decode_latents(pipe, callback_kwargs["latents"], size)))
         return callback_kwargs
 
     def rendered(self, finish: Callable[[int, Any], Any] | None = None) -> Iterator[Rendered]:

@@ -16,24 +16,26 @@ from __future__ import annotations
 
 from typing import Any, Iterator, Literal
 
-from ..config.control import ControlUnit
-from ..config.ipadapter import IpAdapter
-from ..config.stage import StageConfig
+from ..config.refiner import Refiner
 from ..config.types import Prompt, Sweep
 from ..core.job import Job
 from .base import Rendered, StageContext
-from .control import driving_image, plan_control
+from .conditioning import ImageConditioning
+from .control import driving_image
 from .diffusion import previews_for, run_pipeline
-from .ipadapter_config import plan_ip_adapter
+from .hires import Hires, HiresConfig, render_hires
+from .refiner import plan_refiner, render_refined
 
 
-class GenerateStage(StageConfig):
+class GenerateStage(ImageConditioning, HiresConfig):
     """txt2img."""
 
+    OMIT_IF_NONE = frozenset({"hires"})  # ids of stages without hires stay as they were
+    PLANNED = HiresConfig.PLANNED | {"refiner"}  # job.params.refiner: a RefinerRef (sdbatch.stages.refiner)
     type: Literal["generate"]
     prompt: Sweep(Prompt)
-    ip_adapter: list[IpAdapter] | None = None  # image prompts (sdbatch.stages.ipadapter_config)
-    controlnet: list[ControlUnit] | None = None  # ControlNets (sdbatch.stages.control)
+    hires: Hires | None = None  # A1111's hires fix: upscale + img2img second pass (sdbatch.stages.hires)
+    refiner: Refiner | None = None  # the SDXL refiner, diffusers' ensemble of experts (sdbatch.stages.refiner)
 
     @property
     def input_names(self) -> list[str]:
@@ -42,20 +44,22 @@ class GenerateStage(StageConfig):
         return [image] if image else []
 
     def plan_hook(self, planner: Any, fixed: dict[str, Any]) -> None:
-        super().plan_hook(planner, fixed)
-        plan_ip_adapter(planner, self, fixed)  # fixed["ip_adapter"]: the adapters' and images' sha256
-        plan_control(self, planner, fixed, reads_input=False)  # fixed["controlnet"] (sdbatch.stages.control)
+        super().plan_hook(planner, fixed)  # hires, then image prompts and ControlNets (ImageConditioning)
+        plan_refiner(self, planner, fixed)  # fixed["refiner"], aux model "refiner" (sdbatch.stages.refiner)
 
 
 def render(jobs: list[Job], ctx: StageContext) -> Iterator[Rendered]:
     from ..runtime.controlnet import prepare_control
 
     p = jobs[0].params
+    if getattr(p, "refiner", None):  # base to switch_at, then the refiner
+        yield from render_refined(jobs, ctx)
+        return
     control = prepare_control(jobs, ctx, (p.width, p.height))
     pipe = control.pipeline(ctx, "text2img") if control else ctx.models.pipeline(jobs[0], "text2img")
     previews = previews_for(jobs)
-    images = run_pipeline(pipe, jobs, ctx, previews, width=p.width, height=p.height,
-                          **(control.kwargs(pipe) if control else {}))
+    images = render_hires(pipe, jobs, ctx) if getattr(p, "hires", None) else \
+        run_pipeline(pipe, jobs, ctx, previews, width=p.width, height=p.height, **(control.kwargs(pipe) if control else {}))
     if previews is not None:
         yield from previews.rendered()
     for i, (job, image) in enumerate(zip(jobs, images)):

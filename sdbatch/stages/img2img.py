@@ -8,31 +8,21 @@ generator=torch.Generator("cpu").manual_seed(seed))``. At strength 0 no diffusio
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Literal
+from typing import Iterator, Literal
 
-from ..config.control import ControlUnit
-from ..config.ipadapter import IpAdapter
 from ..config.stage import ImageToImageConfig
 from ..config.types import Strength, Sweep
 from ..core.job import Job
 from .base import Rendered, StageContext
-from .control import plan_control
+from .conditioning import ImageConditioning
 from .diffusion import previews_for, run_pipeline
-from .ipadapter_config import plan_ip_adapter
 
 
-class Img2ImgStage(ImageToImageConfig):
+class Img2ImgStage(ImageConditioning, ImageToImageConfig):
     """img2img: ``input`` is a stage name, or a file / folder / glob relative to the recipe file."""
 
     type: Literal["img2img"]
     strength: Sweep(Strength) = [0.8]
-    ip_adapter: list[IpAdapter] | None = None  # image prompts (sdbatch.stages.ipadapter_config)
-    controlnet: list[ControlUnit] | None = None  # ControlNets (sdbatch.stages.control)
-
-    def plan_hook(self, planner: Any, fixed: dict[str, Any]) -> None:
-        super().plan_hook(planner, fixed)
-        plan_ip_adapter(planner, self, fixed)  # fixed["ip_adapter"]: the adapters' and images' sha256
-        plan_control(self, planner, fixed, reads_input=True)  # fixed["controlnet"] (sdbatch.stages.control)
 
 
 def render(jobs: list[Job], ctx: StageContext) -> Iterator[Rendered]:

@@ -15,31 +15,22 @@ from typing import Any, Iterator, Literal
 
 import numpy as np
 
-from ..config.control import ControlUnit
-from ..config.ipadapter import IpAdapter
 from ..config.stage import ImageToImageConfig
 from ..config.types import Strength, Sweep
 from ..core.job import Job
 from .base import Rendered, StageContext
-from .control import plan_control
+from .conditioning import ImageConditioning
 from .diffusion import previews_for, run_pipeline
-from .ipadapter_config import plan_ip_adapter
 
 
-class InpaintStage(ImageToImageConfig):
+class InpaintStage(ImageConditioning, ImageToImageConfig):
     """inpaint: ``mask`` is one file, or a folder/glob matched to inputs by file stem (white = repaint; 16-bit
     masks are scaled; a mask with a non-opaque alpha channel is its alpha: opaque = repaint)."""
 
     type: Literal["inpaint"]
     mask: str
     strength: Sweep(Strength) = [1.0]
-    ip_adapter: list[IpAdapter] | None = None  # image prompts (sdbatch.stages.ipadapter_config)
-    controlnet: list[ControlUnit] | None = None  # ControlNets (sdbatch.stages.control)
 
-    def plan_hook(self, planner: Any, fixed: dict[str, Any]) -> None:
-        super().plan_hook(planner, fixed)
-        plan_ip_adapter(planner, self, fixed)  # fixed["ip_adapter"]: the adapters' and images' sha256
-        plan_control(self, planner, fixed, reads_input=True)  # fixed["controlnet"] (sdbatch.stages.control)
 
 FEATHER_PX = 4
 

@@ -35,6 +35,7 @@ class InterpolateStage(StageConfig):
     """A "dream" video: frames walk the slerp path between seeds' initial noises (and prompts' embeddings)."""
 
     VIDEO = True
+    FAMILIES = ("sd", "sdxl")  # SD3/Flux refused at validate (sdbatch.config.families)
     PLANNED = StageConfig.PLANNED - {"seeds"}  # the seeds are the path: identity params, not a sweep
     type: Literal["interpolate"]
     prompt: Sweep(Prompt) | None = None

@@ -47,7 +47,6 @@ from ..config.control import ControlUnit
 from ..config.stage import REHEARSE_MAX_FRAMES, ImageToImageConfig
 from ..config.types import ColorMode, NonNegInt, PosInt, Strength, StrictModel, Sweep
 from ..core.job import Job
-from ..io.hashing import sha256_file
 from .base import Rendered, StageContext
 from .diffusion import prompt_kwargs, run_pipeline
 from .frames import FrameCounter, encode_frames
@@ -76,6 +75,7 @@ class RestyleStage(ImageToImageConfig):
     """A video in, a restyled video out: per-frame img2img with coherence and the source's sound."""
 
     VIDEO = True
+    FAMILIES = ("sd", "sdxl")  # SD3/Flux refused at validate (sdbatch.config.families)
     READS = "video"
     type: Literal["restyle"]
     strength: Sweep(Strength) = [0.5]
@@ -325,11 +325,7 @@ def _render_job(job: Job, ctx: StageContext) -> Iterator[Rendered]:
 
     clock = _Clock()
     p = job.params
-    ref = job.inputs[0]
-    source = ctx.input_path(ref)
-    digest = sha256_file(source)
-    if ref.sha256 and digest != ref.sha256:
-        raise RuntimeError(f"input {ref.path} changed since the plan was made (sha256 differs); re-run")
+    source, digest = ctx.checked_input(job.inputs[0])
 
     t = time.perf_counter()
     info = probe_video_cached(source, digest)
@@ -361,7 +357,7 @@ def _render_job(job: Job, ctx: StageContext) -> Iterator[Rendered]:
         frames.close()  # stops the thread and ffmpeg if we stop early
         state.control.close()
     if len(state.frame_files) != len(kept):
-        raise RuntimeError(f"{ref.path}: decoded {len(state.frame_files)} of {len(kept)} frames")
+        raise RuntimeError(f"{job.inputs[0].path}: decoded {len(state.frame_files)} of {len(kept)} frames")
 
     # ---- all frames exist: the mp4
     t = time.perf_counter()

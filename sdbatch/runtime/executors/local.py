@@ -26,9 +26,10 @@ def auto_batch_size(job: Job) -> int:
     unbatched (or resumed, or reproduced) render gives; set ``batch_size: N`` to batch small images on a CPU,
     which is faster and may move a few pixels by one level.
     """
-    pixels = job.params.width * job.params.height
     if job.type not in ("generate", "img2img", "inpaint"):
         return 1
+    width, height = _largest_size(job)
+    pixels = width * height
     cuda = False
     if str(job.device).startswith(("cuda", "auto")):
         try:
@@ -44,6 +45,14 @@ def auto_batch_size(job: Job) -> int:
     # roughly 1.5 GiB of activations per 512x512 image in float16 with CFG, leaving 4 GiB for weights
     per_image = 1.5 * (1 << 30) * pixels / (512 * 512)
     return max(1, min(8, int((free - 4 * (1 << 30)) // per_image)))
+
+
+def _largest_size(job: Job) -> tuple[int, int]:
+    """The largest image a job renders: a hires job's second pass is its output size, not the first pass."""
+    from ...stages import stage_config
+
+    return max((job.params.width, job.params.height),
+               tuple(stage_config(job.type).output_size(job.params)), key=lambda size: size[0] * size[1])
 
 
 def make_batches(jobs: list[Job]) -> list[list[Job]]:

@@ -28,6 +28,7 @@ diffusers / transformers are imported lazily inside the functions.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -89,6 +90,10 @@ BUILTIN_MODELS: dict[str, str] = {
     "sdbatch/tiny-controlnet": "v1",  # ControlNets for tiny-sd and tiny-sdxl (sources/tiny/control.py)
     "sdbatch/tiny-controlnet-sdxl": "v1",
     "sdbatch/tiny-ip-adapter": "v1",  # IP-Adapters (and image encoders) for tiny-sd and tiny-sdxl
+    "sdbatch/tiny-sd-x4": "v1",  # StableDiffusionUpscalePipeline (sources/tiny/upscale.py)
+    "sdbatch/tiny-sdxl-refiner": "v1",  # the SDXL refiner (sources/tiny/refiner.py)
+    "sdbatch/tiny-sd3": "v1",  # Stable Diffusion 3 (sources/tiny/flow.py)
+    "sdbatch/tiny-flux": "v1",  # Flux.1 (sources/tiny/flow.py)
 }
 
 #: Written last into a build folder (before the atomic rename); its presence
@@ -211,6 +216,15 @@ def _make_readable(folder: Path) -> None:
 _BUILD_LOCK = threading.RLock()
 
 
+def _lazy(module: str, function: str) -> Callable[[Path], Any]:
+    """A builder imported from ``sdbatch.sources.tiny.<module>`` only when that model is first built."""
+
+    def build(folder: Path) -> Any:
+        return getattr(importlib.import_module(f"{__name__}.{module}"), function)(folder)
+
+    return build
+
+
 _BUILDERS: dict[str, Callable[[Path], Any]] = {
     "sdbatch/tiny-sd": save_tiny_sd,
     "sdbatch/tiny-sdxl": save_tiny_sdxl,
@@ -218,4 +232,8 @@ _BUILDERS: dict[str, Callable[[Path], Any]] = {
     "sdbatch/tiny-controlnet": save_tiny_controlnet,
     "sdbatch/tiny-controlnet-sdxl": save_tiny_controlnet_sdxl,
     "sdbatch/tiny-ip-adapter": save_tiny_ip_adapter,
+    "sdbatch/tiny-sd-x4": _lazy("upscale", "save_tiny_sd_x4"),
+    "sdbatch/tiny-sdxl-refiner": _lazy("refiner", "save_tiny_sdxl_refiner"),
+    "sdbatch/tiny-sd3": _lazy("flow", "save_tiny_sd3"),
+    "sdbatch/tiny-flux": _lazy("flow", "save_tiny_flux"),
 }
