@@ -385,14 +385,28 @@ def test_refused_at_validate(tmp_path, model, prompt, extra, field, message):
     assert line.startswith("r.yaml:") and message in line, line
 
 
-def test_video_stages_name_the_families_they_support(tmp_path):
-    (tmp_path / "r.yaml").write_text(
-        "model: black-forest-labs/FLUX.1-schnell\nstages:\n  - name: v\n    type: interpolate\n"
-        "    prompts: [a cat, a dog]\n    seeds: [1, 2]\n    frames: 4\n")
+VIDEO_STAGES = {
+    "interpolate": "    prompts: [a cat, a dog]\n    seeds: [1, 2]\n    frames: 4\n",
+    "animate": "    prompt: a cat\n    frames: 4\n",
+    "restyle": "    input: walk.mp4\n    prompt: a cat\n",
+}
+
+
+@pytest.mark.parametrize("stage_type", list(VIDEO_STAGES))
+@pytest.mark.parametrize("model,family", [("black-forest-labs/FLUX.1-schnell", "Flux.1"),
+                                          ("stabilityai/stable-diffusion-3.5-medium", "SD3/SD3.5")])
+def test_video_stages_name_the_families_they_support(tmp_path, stage_type, model, family):
+    import shutil
+
+    shutil.copy(Path(__file__).resolve().parents[1] / "recipes" / "clips" / "walk.mp4", tmp_path / "walk.mp4")
+    (tmp_path / "r.yaml").write_text(f"model: {model}\nstages:\n  - name: v\n    type: {stage_type}\n"
+                                     + VIDEO_STAGES[stage_type])
     result = run_cli("validate", "r.yaml", cwd=tmp_path)
     assert result.returncode == 2, result.stdout + result.stderr
-    assert "stages[0].model: interpolate supports SD 1.x/2.x and SDXL; 'black-forest-labs/FLUX.1-schnell' is " \
-           "Flux.1" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    # line 1: where the model was written (the recipe's own `model:`)
+    assert f"r.yaml:1: stages[0].model: {stage_type} supports SD 1.x/2.x and SDXL; '{model}' is {family}" \
+        in result.stderr, result.stderr
 
 
 def test_plain_syntax_and_true_cfg_with_negative_are_accepted(tmp_path):
