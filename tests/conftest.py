@@ -64,6 +64,15 @@ def manifest_records(out: Path, kind: str | None = None) -> list[dict]:
     return [r for r in records if kind is None or r.get("kind") == kind]
 
 
+def image_records(out: Path) -> dict[str, list[dict]]:
+    """Each stage's image output records (``role: image``), in manifest order."""
+    found: dict[str, list[dict]] = {}
+    for record in manifest_records(out, "output"):
+        if record.get("role") == "image":
+            found.setdefault(record["stage"], []).append(record)
+    return found
+
+
 def png_pixels(path: Path, dtype: str = "int16"):
     """An image's RGB pixels (int16 by default: differences do not wrap around)."""
     import numpy as np

@@ -11,7 +11,6 @@ refusal at validate.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -19,6 +18,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
 import pytest
+from conftest import image_records
 from conftest import png_pixels as pixels
 
 from sdbatch.cli import main
@@ -123,12 +123,7 @@ def project(tmp_path_factory) -> Path:
 def rendered(project) -> tuple[Path, dict]:
     out = project / "out"
     assert main(["run", str(project / "recipe.yaml"), "--out", str(out)]) == 0
-    records: dict[str, list[dict]] = {}
-    for line in (out / "manifest.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        if record.get("kind") == "output" and record.get("role") == "image":
-            records.setdefault(record["stage"], []).append(record)
-    return out, records
+    return out, image_records(out)
 
 
 def only(records: dict, stage: str) -> dict:

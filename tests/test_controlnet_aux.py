@@ -13,7 +13,6 @@ refusals at validate (missing folder or file, pickles without allow_pickle, cont
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -24,6 +23,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
 import pytest
+from conftest import image_records, manifest_records
 from conftest import png_pixels as pixels
 
 from sdbatch.cli import main
@@ -89,16 +89,11 @@ def project(tmp_path_factory) -> Path:
 def rendered(project) -> tuple[Path, dict]:
     out = project / "out"
     assert main(["run", str(project / "recipe.yaml"), "--out", str(out)]) == 0
-    records = {}
-    for line in (out / "manifest.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        if record.get("kind") == "output" and record.get("role") == "image":
-            records[record["stage"]] = record
-    return out, records
+    return out, {stage: found[-1] for stage, found in image_records(out).items()}
 
 
 def manifest(out: Path) -> list[dict]:
-    return [json.loads(ln) for ln in (out / "manifest.jsonl").read_text().splitlines() if ln.strip()]
+    return manifest_records(out)
 
 
 def direct(project: Path, name: str):

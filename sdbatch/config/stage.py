@@ -213,6 +213,14 @@ class StageConfig(StageParams):
         if self.VIDEO and "frames" in params:
             params["frames"] = min(params["frames"], REHEARSE_MAX_FRAMES)
 
+    def plan_size(self, planner: StagePlanner, fixed: dict[str, Any], in_size: tuple[int, int] | None
+                  ) -> tuple[int, int] | None:
+        """A job's width x height for an input of ``in_size`` (None: no input); None after a reported problem.
+        The stage's width/height; a missing one follows the input's size (:func:`sdbatch.core.plan.job_size`)."""
+        from ..core.plan import job_size
+
+        return job_size(self, in_size)
+
     @classmethod
     def output_size(cls, params: Any) -> tuple[int, int]:
         """The size of a job's images (what a stage reading them gets): its params' width x height."""

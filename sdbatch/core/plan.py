@@ -228,8 +228,7 @@ class RecipePlanner:
         jobs: list[Job] = []
         for item in self.sources(hooks):
             source = item.ref
-            plan_size = getattr(stage, "plan_size", None)  # a stage's own rule (upscale: the input's size x scale)
-            size = plan_size(hooks, item.size) if plan_size else job_size(stage, item.size)
+            size = stage.plan_size(hooks, fixed, item.size)  # upscale: the input's size x scale
             if size is None:  # the stage reported why
                 continue
             width, height = size

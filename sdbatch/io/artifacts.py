@@ -202,16 +202,15 @@ def _guidance_fields(params: dict[str, Any], schedule: dict[str, Any]) -> list[t
 
 
 def _hires_fields(hires: dict[str, Any]) -> list[tuple[str, Any]]:
-    """A1111's ``Hires upscale: 2`` (or ``Hires resize: 1024x0``), ``Hires steps``, ``Hires upscaler`` (its names
-    as sdbatch.config.upscaler.display_name gives them; not imported: that module writes through this one)."""
+    """A1111's ``Hires upscale: 2`` (or ``Hires resize: 1024x0``), ``Hires steps``, ``Hires upscaler``
+    (:func:`upscaler_name`)."""
     if not hires:
         return []
     up = hires.get("upscaler") if isinstance(hires.get("upscaler"), dict) else {}
-    name = {"lanczos": "Lanczos", "latent": "Latent", "sd-x4": "SD x4"}.get(str(up.get("name")), str(up.get("name")))
     resize = f"{hires.get('width') or 0}x{hires.get('height') or 0}" if hires.get("width") or hires.get("height") else None
     return [("Hires upscale", None if resize else _num(hires.get("scale"))), ("Hires resize", resize),
             ("Hires steps", hires.get("steps")),
-            ("Hires upscaler", Path(str(up.get("file", ""))).stem if up.get("name") == "model" else name)]
+            ("Hires upscaler", upscaler_name(up) if up else None)]
 
 
 def upscaler_name(upscaler: dict[str, Any]) -> str:

@@ -90,8 +90,7 @@ class UpscaleStage(StageConfig):
     # ------------------------------------------------------------------------------------- planning
     def plan_hook(self, planner: StagePlanner, fixed: dict[str, Any]) -> None:
         upscaler = plan_upscaler(planner, self.upscaler, ("upscaler",), allow_latent=False)
-        fixed["upscaler"] = upscaler
-        planner.upscaler = upscaler  # type: ignore[attr-defined]  # plan_size reads its native factor
+        fixed["upscaler"] = upscaler  # plan_size reads its native factor
         if upscaler is not None and self.width is None and self.height is None:
             fixed["scale"] = float(self.scale if self.scale is not None else upscaler["scale"])
         name = upscaler.get("name") if upscaler else None
@@ -103,15 +102,14 @@ class UpscaleStage(StageConfig):
                 if getattr(self, key) is not None:
                     planner.problem((key,), f"{key} is for a video input; this stage reads images")
 
-    def plan_size(self, planner: StagePlanner, in_size: tuple[int, int] | None) -> tuple[int, int] | None:
+    def plan_size(self, planner: StagePlanner, fixed: dict[str, Any], in_size: tuple[int, int] | None
+                  ) -> tuple[int, int] | None:
         """The output size of a job reading an image (or video) of ``in_size``; None after a problem."""
-        from ..core.plan import job_size
-
-        upscaler = getattr(planner, "upscaler", None)
+        upscaler = fixed.get("upscaler")
         if upscaler is None:
             return None
         if self.width is not None or self.height is not None or in_size is None:
-            return job_size(self, in_size)
+            return super().plan_size(planner, fixed, in_size)
         scale = self.scale if self.scale is not None else upscaler.get("scale", NAMED_SCALES["lanczos"])
         size = (max(1, round(in_size[0] * scale)), max(1, round(in_size[1] * scale)))
         if max(size) > MAX_SIDE:
