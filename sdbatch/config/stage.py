@@ -49,6 +49,8 @@ if TYPE_CHECKING:
 REHEARSE_MAX_SIDE = 64
 REHEARSE_MAX_STEPS = 4
 REHEARSE_MAX_FRAMES = 12
+#: a job's width/height when neither the stage nor an input gives one
+DEFAULT_SIZE = 512
 
 #: sweeps every stage type may name, with their defaults when neither the stage nor ``defaults`` sets them
 SWEEP_DEFAULTS: dict[str, list[Any]] = {
@@ -216,9 +218,7 @@ class StageConfig(StageParams):
     def plan_size(self, planner: StagePlanner, fixed: dict[str, Any], in_size: tuple[int, int] | None
                   ) -> tuple[int, int] | None:
         """A job's width x height for an input of ``in_size`` (None: no input); None after a reported problem.
-        The stage's width/height; a missing one follows the input's size (:func:`sdbatch.core.plan.job_size`)."""
-        from ..core.plan import job_size
-
+        The stage's width/height; a missing one follows the input's size (:func:`job_size`)."""
         return job_size(self, in_size)
 
     @classmethod
@@ -233,6 +233,20 @@ class StageConfig(StageParams):
     def seed_span(self, params: dict[str, Any], frames: int | None) -> int:
         """How far past its seed a job's frames draw seeds (``seed + span`` must be a seed too)."""
         return 0
+
+
+def job_size(stage: StageConfig, in_size: tuple[int, int] | None) -> tuple[int, int]:
+    """The stage's width/height; a missing one follows the input's size (multiples of 8, aspect kept)."""
+    width, height = stage.width, stage.height
+    if width is None or height is None:
+        base_w, base_h = in_size or (DEFAULT_SIZE, DEFAULT_SIZE)
+        if width is None and height is None:
+            width, height = base_w // 8 * 8, base_h // 8 * 8
+        elif width is None:
+            width = max(8, int(base_w * height / base_h) // 8 * 8)
+        else:
+            height = max(8, int(base_h * width / base_w) // 8 * 8)
+    return width, height
 
 
 class ImageToImageConfig(StageConfig):

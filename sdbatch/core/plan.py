@@ -44,7 +44,6 @@ if TYPE_CHECKING:
     from ..config.recipe import LoadedRecipe
 
 PLAN_VERSION = 1
-DEFAULT_SIZE = 512
 
 
 @dataclass
@@ -94,20 +93,6 @@ def rehearse_size(width: int, height: int) -> tuple[int, int]:
         return width, height
     scale = REHEARSE_MAX_SIDE / side
     return max(8, int(round(width * scale / 8)) * 8), max(8, int(round(height * scale / 8)) * 8)
-
-
-def job_size(stage: StageConfig, in_size: tuple[int, int] | None) -> tuple[int, int]:
-    """The stage's width/height; a missing one follows the input's size (multiples of 8, aspect kept)."""
-    width, height = stage.width, stage.height
-    if width is None or height is None:
-        base_w, base_h = in_size or (DEFAULT_SIZE, DEFAULT_SIZE)
-        if width is None and height is None:
-            width, height = base_w // 8 * 8, base_h // 8 * 8
-        elif width is None:
-            width = max(8, int(base_w * height / base_h) // 8 * 8)
-        else:
-            height = max(8, int(base_h * width / base_w) // 8 * 8)
-    return width, height
 
 
 class StagePlanner:

@@ -100,8 +100,8 @@ class HiresConfig(StageConfig):
 
 def plan_hires(stage: StageConfig, hires: Hires, planner: StagePlanner) -> Hires | None:
     """Check ``hires`` at validate (each problem at its field) and return it as a job's params keep it."""
+    from ..config.stage import job_size
     from ..core.jobcount import stage_sweeps
-    from ..core.plan import job_size
 
     where = ("hires",)
     if stage.previews:
@@ -141,7 +141,8 @@ def plan_hires(stage: StageConfig, hires: Hires, planner: StagePlanner) -> Hires
 def rehearse_hires(stage: StageConfig, params: dict[str, Any]) -> None:
     """``--rehearse``: the FINAL size at most 64 px a side, the first pass shrunk by the same ratio; the second
     pass's steps capped as the planner caps steps (enough for one denoising step)."""
-    from ..core.plan import job_size, rehearse_size
+    from ..config.stage import job_size
+    from ..core.plan import rehearse_size
 
     hires = params["hires"]
     width, height = job_size(stage, None)  # the first pass as planned without --rehearse
