@@ -332,5 +332,14 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
 
 
+def entry() -> int:
+    """The ``sdbatch`` command (and ``python -m sdbatch``): :func:`main`, then a quick exit."""
+    from .runtime.shutdown import skip_exit_collection
+
+    code = main()
+    skip_exit_collection()
+    return code
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())
